@@ -1,0 +1,198 @@
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .validation import InputError
+
+app = typer.Typer(
+    help="Matryoshka-Adaptor: shrink frozen embeddings to small dimensions without losing retrieval quality.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _int_list(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated integers such as 64,128,256; got {text!r}.") from None
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _read_ids_json(path: Optional[Path]) -> tuple[Optional[list[str]], Optional[list[str]]]:
+    if path is None:
+        return None, None
+    ids = json.loads(path.read_text())
+    return ids.get("corpus_ids"), ids.get("query_ids")
+
+
+@app.command()
+def fit(
+    corpus: Path = typer.Argument(..., help="Corpus embeddings: .npy (memory-mapped), .npz or .parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to save the adaptor into."),
+    dims: Optional[str] = typer.Option(None, help="Matryoshka dims to train, e.g. 32,64,128,256 (default: 16,32,... and d)."),
+    queries: Optional[Path] = typer.Option(None, help="Query embeddings (same formats): unlabeled, or labeled with --qrels."),
+    qrels: Optional[Path] = typer.Option(None, help="BEIR qrels TSV (query-id, corpus-id, score): runs the supervised stage."),
+    ids: Optional[Path] = typer.Option(None, help="ids.json with corpus_ids and query_ids in row order (else ids from the files, else row numbers)."),
+    recipe: str = typer.Option("default", help="'default' (PCA start + listwise distillation) or 'paper' (the paper's method)."),
+    steps: Optional[int] = typer.Option(None, help="Maximum unsupervised steps (default: the recipe's)."),
+    supervised_steps: Optional[int] = typer.Option(None, help="Maximum supervised steps (default: the recipe's)."),
+    hidden_dim: Optional[int] = typer.Option(None, help="MLP width (default: input dim)."),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(1e-3),
+    k: int = typer.Option(10, help="Neighbours per vector for the top-k loss."),
+    max_fit_vectors: int = typer.Option(50_000, help="Corpus rows sampled for fitting."),
+    neighbor_search: str = typer.Option("auto", help="auto, exact or faiss."),
+    column: Optional[str] = typer.Option(None, help="Parquet/npz embedding column (default: embedding)."),
+    base_model: Optional[str] = typer.Option(None, help="Name of the embedding model, stored in config.json."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Fit an adaptor on corpus embeddings and save it as a folder.
+
+    Example: matryoshka-adaptor fit corpus.npy --out my-adaptor/ --dims 32,64,128,256
+    """
+    from .estimator import MatryoshkaAdaptor
+    from .eval.datasets import read_qrels
+    from .formats import read_embeddings
+
+    try:
+        x, file_cids = read_embeddings(corpus, column=column)
+        cids, qids = _read_ids_json(ids)
+        cids = cids or file_cids
+        q = None
+        labels = None
+        if queries is not None:
+            q, file_qids = read_embeddings(queries, column=column)
+            qids = qids or file_qids
+        if qrels is not None:
+            if q is None:
+                raise InputError("--qrels needs --queries (the query embeddings the qrels refer to).")
+            labels = read_qrels(qrels)
+            if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
+                known = set(map(str, qids))
+                labels = {k_: v for k_, v in labels.items() if k_ in known}
+        est = MatryoshkaAdaptor(
+            dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
+            hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
+            neighbor_search=neighbor_search, seed=seed, device=device, progress=not quiet, base_model=base_model,
+        )
+        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        est.save(out)
+    except (InputError, ImportError) as exc:
+        _fail(exc)
+    s = est.fit_summary_
+    typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
+
+
+@app.command()
+def transform(
+    adaptor: Path = typer.Argument(..., help="Adaptor folder written by `fit`."),
+    input: Path = typer.Argument(..., help="Embeddings to adapt: .npy, .npz or .parquet."),
+    output: Path = typer.Argument(..., help="Where to write: .npy, .npz or .parquet (ids are kept)."),
+    dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (default: full)."),
+    column: Optional[str] = typer.Option(None, help="Embedding column of Parquet/npz input (default: embedding)."),
+    id_column: Optional[str] = typer.Option(None, help="Id column of Parquet input (default: id)."),
+    chunk_rows: int = typer.Option(65536, help="Rows per chunk: bounds memory for inputs larger than RAM."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Apply an adaptor: adapted vectors, cut to --dim and L2-normalised, streamed in chunks (numpy only).
+
+    Example: matryoshka-adaptor transform my-adaptor/ corpus.npy corpus-64.npy --dim 64
+    """
+    from .estimator import MatryoshkaAdaptor
+    from .formats import transform_file
+    from .validation import check_embeddings, check_output_dim
+
+    try:
+        est = MatryoshkaAdaptor.load(adaptor)
+        dim = check_output_dim(dim, est.input_dim_)
+        np_adaptor = est._numpy_adaptor()
+
+        def apply(chunk, offset):
+            chunk = check_embeddings(chunk, name=f"{input}", expected_dim=est.input_dim_)
+            return np_adaptor.apply(chunk, dim, offset=offset)
+
+        n = transform_file(input, output, apply, dim, column=column, id_column=id_column,
+                           chunk_rows=chunk_rows, progress=not quiet)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {n} x {dim} vectors to {output}")
+
+
+@app.command()
+def info(adaptor: Path = typer.Argument(..., help="Adaptor folder.")):
+    """Print what an adaptor folder holds (dims, architecture, training summary) as JSON.
+
+    Example: matryoshka-adaptor info my-adaptor/
+    """
+    from .estimator import MatryoshkaAdaptor
+
+    try:
+        est = MatryoshkaAdaptor.load(adaptor)
+    except InputError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(est.info(), indent=2))
+
+
+@app.command()
+def benchmark(
+    dataset: str = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a BEIR name to download."),
+    out: Path = typer.Option(..., help="Output folder for results.json, .csv, .md and ndcg_vs_dim.png."),
+    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or folder (vectors cached on disk)."),
+    embeddings: Optional[Path] = typer.Option(None, help="Precomputed vectors: folder with corpus.npy, queries.npy, ids.json."),
+    dims: str = typer.Option("16,32,64,128,256", help="Dimensions to evaluate."),
+    methods: str = typer.Option("truncate,pca,adaptor,adaptor-supervised",
+                                help="Comma-separated: truncate, pca, pca-centered, adaptor, adaptor-queries, "
+                                     "adaptor-supervised, adaptor-paper, adaptor-paper-supervised."),
+    seeds: str = typer.Option("0", help="Seeds for the adaptor methods, e.g. 0,1,2 (mean and spread reported)."),
+    split: str = typer.Option("test", help="qrels split to evaluate on."),
+    train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
+    cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
+    adaptor_params: Optional[str] = typer.Option(None, help='JSON of MatryoshkaAdaptor parameters, e.g. \'{"steps": 800}\'.'),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """nDCG@10 against dimension for each method on a BEIR dataset; writes a table and the plot.
+
+    Example: matryoshka-adaptor benchmark --dataset ../shared/data/scifact --model sentence-transformers/all-MiniLM-L6-v2
+    --dims 16,32,64,128,256 --methods truncate,pca,adaptor,adaptor-supervised --out results/scifact-minilm
+    """
+    from .eval.benchmark import BenchmarkConfig, run_benchmark
+    from .eval.report import markdown_table, write_report
+
+    try:
+        cfg = BenchmarkConfig(
+            dataset=dataset, model=model, embeddings=str(embeddings) if embeddings else None,
+            dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
+            cache=str(cache) if cache else None, adaptor_params=json.loads(adaptor_params) if adaptor_params else {},
+        )
+        result = run_benchmark(cfg, progress=not quiet)
+    except (InputError, ImportError, json.JSONDecodeError) as exc:
+        _fail(exc)
+    paths = write_report(result, out)
+    typer.echo(markdown_table(result))
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

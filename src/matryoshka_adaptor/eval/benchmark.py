@@ -1,0 +1,153 @@
+"""The benchmark: nDCG@10 (and Recall@100, MRR@10) against dimension, per method, over seeds."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .._version import __version__
+from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed
+from ..validation import InputError, check_dims
+from .datasets import BeirDataset, resolve_dataset
+from .methods import FitData, make_method
+from .metrics import evaluate_run
+from .retrieval import retrieve
+
+
+@dataclass
+class BenchmarkConfig:
+    dataset: str
+    model: str | None = None
+    embeddings: str | None = None  # folder with corpus.npy, queries.npy, ids.json
+    dims: tuple[int, ...] = (16, 32, 64, 128, 256)
+    methods: tuple[str, ...] = ("truncate", "pca", "adaptor", "adaptor-supervised")
+    seeds: tuple[int, ...] = (0,)
+    split: str = "test"
+    train_split: str = "train"
+    top_k: int = 100
+    cache: str | None = None
+    adaptor_params: dict = field(default_factory=dict)
+
+
+def _versions() -> dict:
+    out = {"matryoshka-adaptor": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "torch", "pytrec-eval-terrier", "sentence-transformers", "faiss-cpu"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine_description() -> dict:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "gpu": gpu, "platform": platform.platform()}
+
+
+def _vectors(ds: BeirDataset, cfg: BenchmarkConfig, query_ids: list[str]):
+    """Corpus and query vectors, in dataset order, from precomputed files or a (cached) model."""
+    if cfg.embeddings:
+        pre = load_precomputed(cfg.embeddings)
+        pos_c = {c: i for i, c in enumerate(pre.corpus_ids)}
+        pos_q = {q: i for i, q in enumerate(pre.query_ids)}
+        missing = [c for c in ds.corpus_ids if c not in pos_c][:1] + [q for q in query_ids if q not in pos_q][:1]
+        if missing:
+            raise InputError(f"precomputed embeddings in {cfg.embeddings} have no vector for id {missing[0]!r}.")
+        return pre.corpus[[pos_c[c] for c in ds.corpus_ids]], pre.queries[[pos_q[q] for q in query_ids]]
+    if not cfg.model:
+        raise InputError("give --model NAME_OR_PATH (sentence-transformers) or --embeddings FOLDER.")
+    src = SentenceTransformerSource(cfg.model, cache_path=cfg.cache or default_cache_path())
+    corpus = src.encode(ds.doc_texts(), desc="encoding corpus")
+    queries = src.encode([ds.queries[q] for q in query_ids], desc="encoding queries")
+    return corpus, queries
+
+
+def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
+    ds = resolve_dataset(cfg.dataset)
+    test_queries = ds.split_queries(cfg.split)
+    needs_train = any(m in ("adaptor-supervised", "adaptor-queries", "adaptor-paper-supervised") for m in cfg.methods)
+    train_queries = ds.split_queries(cfg.train_split) if needs_train else {}
+    overlap = set(train_queries) & set(test_queries)
+    if overlap:
+        raise InputError(f"{len(overlap)} queries are in both {cfg.train_split} and {cfg.split}; refusing to train on test.")
+    query_ids = list(test_queries) + list(train_queries)
+    corpus, queries = _vectors(ds, cfg, query_ids)
+    d = corpus.shape[1]
+    dims = check_dims(cfg.dims, d)
+    q_test, q_train = queries[: len(test_queries)], queries[len(test_queries) :]
+    test_ids = list(test_queries)
+    fit_data = FitData(corpus, ds.corpus_ids, q_train if len(q_train) else None,
+                       list(train_queries) or None, {q: ds.qrels[cfg.train_split][q] for q in train_queries} or None)
+    qrels = {q: ds.qrels[cfg.split][q] for q in test_ids}
+
+    rows = []
+    methods = ["full"] + [m for m in cfg.methods if m != "full"]
+    jobs = [(m, s) for m in methods for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
+    bar = tqdm(jobs, desc="benchmark", disable=not progress)
+    for name, seed in bar:
+        bar.set_postfix(method=name, seed=seed)
+        method = make_method(name)
+        if hasattr(method, "params"):
+            method.params.update(cfg.adaptor_params)
+        t0 = time.perf_counter()
+        method.fit(fit_data, dims + ((d,) if d not in dims else ()), seed)
+        fit_s = time.perf_counter() - t0
+        eval_dims = (d,) if method.full_dim_only else tuple(dims) + ((d,) if d not in dims else ())
+        for m in eval_dims:
+            run = retrieve(method.encode(q_test, m), method.encode(corpus, m), test_ids, ds.corpus_ids, top_k=cfg.top_k)
+            rows.append({"method": name, "seed": seed, "dim": m, "fit_seconds": round(fit_s, 3),
+                         **evaluate_run(qrels, run, recall_k=cfg.top_k)})
+    return {
+        "dataset": str(ds.path), "dataset_name": ds.name, "split": cfg.split, "train_split": cfg.train_split,
+        "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
+        "input_dim": d, "dims": list(dims), "methods": methods, "seeds": list(cfg.seeds),
+        "model": cfg.model, "embeddings": cfg.embeddings, "adaptor_params": cfg.adaptor_params,
+        "versions": _versions(), "machine": machine_description(),
+        "rows": rows, "summary": summarize(rows),
+    }
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (method, dim)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["dim"]), []).append(r)
+    out = []
+    for (method, dim), rs in groups.items():
+        entry = {"method": method, "dim": dim, "n_seeds": len(rs)}
+        for key in ("ndcg@10", "recall@100", "mrr@10", "fit_seconds"):
+            vals = np.array([r[key] for r in rs if key in r], dtype=float)
+            if len(vals):
+                entry[key] = float(vals.mean())
+                entry[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(entry)
+    return out

@@ -1,0 +1,135 @@
+"""Dimension-reduction methods compared by the benchmark. Adding one is one small class.
+
+Each method is fitted only on what it may see (``FitData``): corpus vectors, and
+for some the *training-split* queries and qrels. None ever sees test queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..estimator import MatryoshkaAdaptor
+from ..validation import InputError, l2_normalize
+
+
+@dataclass
+class FitData:
+    corpus: np.ndarray
+    corpus_ids: list[str]
+    train_queries: np.ndarray | None = None
+    train_query_ids: list[str] | None = None
+    train_qrels: dict[str, dict[str, int]] | None = None
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class Method:
+    name = "method"
+    description = ""
+    deterministic = True  # same result for every seed: run once
+    full_dim_only = False
+
+    def fit(self, data: FitData, dims: tuple[int, ...], seed: int) -> Method:
+        return self
+
+    def encode(self, x: np.ndarray, dim: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Full(Method):
+    name = "full"
+    description = "original vectors, all dims (the reference)"
+    full_dim_only = True
+
+    def encode(self, x, dim):
+        return l2_normalize(x)
+
+
+class Truncate(Method):
+    name = "truncate"
+    description = "first m dims, renormalised"
+
+    def encode(self, x, dim):
+        return _unit(l2_normalize(x)[:, :dim])
+
+
+class PCA(Method):
+    """Projection on the top principal directions of the corpus (fitted on the corpus only).
+
+    Uncentred by default (SVD of the unit-normalised corpus): projecting without
+    subtracting a mean keeps inner products comparable to cosine search on the
+    originals; ``centered=True`` subtracts the corpus mean first.
+    """
+
+    name = "pca"
+    description = "uncentred PCA fitted on the corpus, applied to queries and corpus alike"
+
+    def __init__(self, centered: bool = False):
+        self.centered = centered
+        if centered:
+            self.name, self.description = "pca-centered", "centred PCA fitted on the corpus"
+
+    def fit(self, data, dims, seed):
+        x = l2_normalize(data.corpus).astype(np.float64)
+        self.mean_ = x.mean(0) if self.centered else np.zeros(x.shape[1])
+        _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
+        self.components_ = vt.astype(np.float32)
+        return self
+
+    def encode(self, x, dim):
+        return _unit((l2_normalize(x) - self.mean_.astype(np.float32)) @ self.components_[:dim].T)
+
+
+class Adaptor(Method):
+    deterministic = False
+
+    def __init__(self, name: str, description: str, *, supervised: bool = False, use_queries: bool = False,
+                 **params):
+        self.name, self.description = name, description
+        self.supervised, self.use_queries, self.params = supervised, use_queries, params
+
+    def fit(self, data, dims, seed):
+        est = MatryoshkaAdaptor(dims=dims, seed=seed, progress=False, **self.params)
+        if self.supervised:
+            if data.train_qrels is None or data.train_queries is None:
+                raise InputError(f"method {self.name} needs training queries and qrels (a train split).")
+            est.fit(data.corpus, data.train_queries, data.train_qrels, corpus_ids=data.corpus_ids,
+                    query_ids=data.train_query_ids)
+        elif self.use_queries:
+            if data.train_queries is None:
+                raise InputError(f"method {self.name} needs training-split queries.")
+            est.fit(data.corpus, data.train_queries)
+        else:
+            est.fit(data.corpus)
+        self.adaptor_ = est
+        return self
+
+    def encode(self, x, dim):
+        return self.adaptor_.transform(x, dim)
+
+
+METHODS = {
+    "full": Full,
+    "truncate": Truncate,
+    "pca": PCA,
+    "pca-centered": lambda: PCA(centered=True),
+    "adaptor": lambda: Adaptor("adaptor", "unsupervised adaptor, default recipe, corpus only"),
+    "adaptor-queries": lambda: Adaptor(
+        "adaptor-queries", "unsupervised adaptor, default recipe, corpus + unlabeled train queries", use_queries=True),
+    "adaptor-supervised": lambda: Adaptor(
+        "adaptor-supervised", "supervised adaptor, default recipe, train-split qrels", supervised=True),
+    "adaptor-paper": lambda: Adaptor("adaptor-paper", "the paper's unsupervised method, corpus only", recipe="paper"),
+    "adaptor-paper-supervised": lambda: Adaptor(
+        "adaptor-paper-supervised", "the paper's supervised method, train-split qrels", supervised=True,
+        recipe="paper"),
+}
+
+
+def make_method(name: str) -> Method:
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+    return METHODS[name]()

@@ -1,0 +1,70 @@
+"""Apply a fitted adaptor with numpy alone.
+
+An ingestion worker should not need PyTorch to apply an adaptor, so this module
+never imports torch. It mirrors ``nn.module.AdaptorNet.forward`` exactly:
+
+    z  = normalise(x) @ R          (R: optional orthogonal rotation, e.g. PCA basis)
+    e' = z + MLP(z)                (MLP: Linear -> ReLU -> ... -> Linear)
+    out = normalise(e'[:, :dim])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .validation import l2_normalize
+
+# Rows per chunk: bounds the temporary (chunk x hidden) activations to a few MB.
+DEFAULT_CHUNK_ROWS = 8192
+
+
+def _linear_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    layers = []
+    i = 0
+    while f"layers.{i}.weight" in weights:
+        w = np.ascontiguousarray(weights[f"layers.{i}.weight"].T, dtype=np.float32)  # (in, out)
+        b = np.asarray(weights[f"layers.{i}.bias"], dtype=np.float32)
+        layers.append((w, b))
+        i += 1
+    return layers
+
+
+class NumpyAdaptor:
+    """A frozen adaptor as numpy matrices; call ``apply`` on chunks of vectors."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray]):
+        rotation = weights.get("rotation")
+        self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
+        self.layers = _linear_layers(weights)
+
+    def apply(self, x: np.ndarray, dim: int, *, offset: int = 0) -> np.ndarray:
+        """Adapted vectors for ``x`` (rows already checked for shape), cut to ``dim`` and unit length."""
+        z = l2_normalize(np.asarray(x, dtype=np.float32), offset=offset)
+        if self.rotation is not None:
+            z = z @ self.rotation
+        h = z
+        last = len(self.layers) - 1
+        for i, (w, b) in enumerate(self.layers):
+            if i == last:
+                # Only the first `dim` outputs are kept, so only those columns are computed.
+                h = h @ w[:, :dim] + b[:dim]
+            else:
+                h = np.maximum(h @ w + b, 0.0)
+        out = z[:, :dim] + h if self.layers else z[:, :dim]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.maximum(norms, 1e-12, out=norms)
+        return (out / norms).astype(np.float32, copy=False)
+
+    def apply_chunked(
+        self, x: np.ndarray, dim: int, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Apply to a large (possibly memory-mapped) array chunk by chunk, writing into ``out``."""
+        n = x.shape[0]
+        if out is None:
+            out = np.empty((n, dim), dtype=np.float32)
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            out[start:stop] = self.apply(np.asarray(x[start:stop]), dim, offset=start)
+        return out

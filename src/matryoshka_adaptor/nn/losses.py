@@ -1,0 +1,135 @@
+"""Losses of the Matryoshka-Adaptor, as pure functions of tensors.
+
+Notation follows Yoon et al. (2024): for a Matryoshka dim m, ``cos_m(a, b)`` is the
+cosine similarity of the m-prefixes of a and b. Targets are cosines of the
+*original full-dimension* embeddings. Every loss averages over all dims in one
+vectorised pass: the dot products of consecutive dim blocks are computed once
+and accumulated with a cumulative sum, so the cost is one full matrix product
+whatever the number of dims.
+
+Losses are means rather than the paper's sums, so that their scale does not
+depend on the batch size or k; the weights alpha, beta, gamma keep their roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-8
+
+
+def _dims_index(dims: Sequence[int], device) -> torch.Tensor:
+    return torch.as_tensor([m - 1 for m in dims], device=device, dtype=torch.long)
+
+
+def prefix_norms(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """Norms of the m-prefixes of each row: shape (len(dims), *x.shape[:-1])."""
+    sq = x.pow(2).cumsum(-1).index_select(-1, _dims_index(dims, x.device))
+    return sq.clamp_min(_EPS).sqrt().movedim(-1, 0)
+
+
+def prefix_cosine_matrix(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """All-pairs prefix cosines: (len(dims), n_a, n_b), entry [t, i, j] = cos_{dims[t]}(a_i, b_j)."""
+    bounds = [0, *dims]
+    blocks = torch.stack([a[:, s:e] @ b[:, s:e].T for s, e in zip(bounds[:-1], bounds[1:])])
+    dots = blocks.cumsum(0)
+    na = prefix_norms(a, dims)
+    nb = prefix_norms(b, dims)
+    return dots / (na[:, :, None] * nb[:, None, :])
+
+
+def prefix_cosine_rows(a: torch.Tensor, b: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """Prefix cosines of each row of a with its own k rows of b.
+
+    a: (n, d), b: (n, k, d) -> (len(dims), n, k).
+    """
+    dots = (a[:, None, :] * b).cumsum(-1).index_select(-1, _dims_index(dims, a.device)).movedim(-1, 0)
+    na = prefix_norms(a, dims)  # (M, n)
+    nb = prefix_norms(b, dims)  # (M, n, k)
+    return dots / (na[:, :, None] * nb)
+
+
+def topk_similarity_loss(
+    anchors: torch.Tensor, neighbors: torch.Tensor, target: torch.Tensor, dims: Sequence[int]
+) -> torch.Tensor:
+    """L_topk: mean over m, i and j in NN_k(i) of |cos_m(e'_i, e'_j) - cos(e_i, e_j)|.
+
+    anchors (n, d) adapted; neighbors (n, k, d) adapted; target (n, k) full-dim cosines of the originals.
+    """
+    return (prefix_cosine_rows(anchors, neighbors, dims) - target[None]).abs().mean()
+
+
+def pairwise_similarity_loss(adapted: torch.Tensor, target: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """L_pair: mean over m and pairs i != j in the batch of |cos_m(e'_i, e'_j) - cos(e_i, e_j)|."""
+    n = adapted.shape[0]
+    if n < 2:
+        return adapted.new_zeros(())
+    diff = (prefix_cosine_matrix(adapted, adapted, dims) - target[None]).abs()
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=adapted.device)
+    return diff[:, off_diagonal].mean()
+
+
+def reconstruction_loss(adapted: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """L_rec: mean absolute difference |e' - e| (keeps the adaptor close to the input)."""
+    return (adapted - original).abs().mean()
+
+
+def listwise_distillation_loss(
+    anchors: torch.Tensor,
+    pool: torch.Tensor,
+    target: torch.Tensor,
+    dims: Sequence[int],
+    *,
+    temperature: float = 0.05,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rank-aware extension (not in the paper): KL(softmax(target/T) || softmax(cos_m/T)) per anchor.
+
+    Every candidate in ``pool`` is scored for every anchor; the target distribution
+    comes from the full-dim cosines, so the m-prefix must reproduce the *ordering*
+    at the top of each list rather than raw cosine values. ``mask`` (n, p) marks
+    valid candidates (False for the anchor itself).
+    """
+    logits = prefix_cosine_matrix(anchors, pool, dims) / temperature  # (M, n, p)
+    target_logits = target / temperature
+    if mask is not None:
+        logits = logits.masked_fill(~mask[None], float("-inf"))
+        target_logits = target_logits.masked_fill(~mask, float("-inf"))
+    p_target = F.softmax(target_logits, dim=-1)
+    log_p_target = F.log_softmax(target_logits, dim=-1)
+    log_p = F.log_softmax(logits, dim=-1)
+    terms = p_target[None] * (log_p_target[None] - log_p)
+    terms = torch.where(p_target[None] > 0, terms, torch.zeros_like(terms))
+    return terms.sum(-1).mean()
+
+
+def ranking_loss(
+    queries: torch.Tensor,
+    docs: torch.Tensor,
+    grades: torch.Tensor,
+    dims: Sequence[int],
+    *,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """L_rank: sum_{m,i,j,k} I(y_ij > y_ik)(y_ij - y_ik) log(1 + exp(scale*(s_ik[:m] - s_ij[:m]))).
+
+    queries (B, d) and docs (N, d) adapted; grades (B, N) relevance y_ij (0 = not relevant).
+    Normalised by the total pair weight times the number of dims, so it is a
+    weighted mean. ``scale`` = 1 is the paper's formula on raw cosines.
+    """
+    n_pos = int((grades > 0).sum(1).max().item()) if grades.numel() else 0
+    if n_pos == 0:
+        return queries.new_zeros(())
+    sims = prefix_cosine_matrix(queries, docs, dims)  # (M, B, N)
+    pos_grades, pos_idx = grades.topk(n_pos, dim=1)  # the positives j of each query, padded
+    pos_sims = sims.gather(2, pos_idx[None].expand(sims.shape[0], -1, -1))  # (M, B, P)
+    weight = (pos_grades[:, :, None] - grades[:, None, :]).clamp_min(0)  # (B, P, N), 0 unless y_ij > y_ik
+    weight = weight * (pos_grades[:, :, None] > 0)
+    total = weight.sum()
+    if total <= 0:
+        return queries.new_zeros(())
+    terms = F.softplus(scale * (sims[:, :, None, :] - pos_sims[:, :, :, None]))  # (M, B, P, N)
+    return (terms * weight[None]).sum() / (total * sims.shape[0])

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+
+from conftest import clustered
+from matryoshka_adaptor.eval.benchmark import BenchmarkConfig, run_benchmark
+from matryoshka_adaptor.eval.report import write_report
+
+
+def make_toy_dataset(root, n_docs=200, n_train=60, n_test=40, d=32):
+    """A BEIR folder whose queries are noisy copies of their relevant document, with precomputed vectors."""
+    rng = np.random.default_rng(0)
+    corpus = clustered(n=n_docs, d=d, seed=3)
+    n_q = n_train + n_test
+    src = rng.choice(n_docs, n_q, replace=False)
+    queries = corpus[src] + 0.4 * rng.standard_normal((n_q, d)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) + "\n"
+                                               for i in range(n_docs)))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n"
+                                                for i in range(n_q)))
+    for split, rng_q in (("train", range(n_train)), ("test", range(n_train, n_q))):
+        (root / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{src[i]}\t1\n" for i in rng_q))
+    emb = root / "embeddings"
+    emb.mkdir()
+    np.save(emb / "corpus.npy", corpus)
+    np.save(emb / "queries.npy", queries.astype(np.float32))
+    (emb / "ids.json").write_text(json.dumps({"corpus_ids": [f"d{i}" for i in range(n_docs)],
+                                              "query_ids": [f"q{i}" for i in range(n_q)]}))
+    return root
+
+
+def test_benchmark_writes_table_csv_json_and_plot(tmp_path):
+    root = make_toy_dataset(tmp_path / "toy")
+    cfg = BenchmarkConfig(dataset=str(root), embeddings=str(root / "embeddings"), dims=(4, 8, 16),
+                          methods=("truncate", "pca", "adaptor", "adaptor-supervised"), seeds=(0, 1),
+                          adaptor_params={"steps": 30, "supervised_steps": 20, "eval_every": 10, "device": "cpu"})
+    result = run_benchmark(cfg, progress=False)
+    assert result["n_test_queries"] == 40 and result["n_train_queries"] == 60
+    by = {(e["method"], e["dim"]): e for e in result["summary"]}
+    assert by[("full", 32)]["n_seeds"] == 1 and by[("truncate", 4)]["n_seeds"] == 1
+    assert by[("adaptor", 8)]["n_seeds"] == 2 and "ndcg@10_std" in by[("adaptor", 8)]
+    # PCA is exact at full dimension; every method matches the reference there.
+    assert by[("pca", 32)]["ndcg@10"] == pytest.approx(by[("full", 32)]["ndcg@10"], abs=1e-6)
+    paths = write_report(result, tmp_path / "out")
+    md = paths["md"].read_text()
+    assert "| adaptor-supervised |" in md and "| full (reference) |" in md
+    assert json.loads(paths["json"].read_text())["machine"]["cores"] >= 1
+    assert paths["csv"].read_text().startswith("method,dim,n_seeds,ndcg@10")
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    import matplotlib.image
+
+    img = matplotlib.image.imread(paths["png"])
+    assert img.shape[0] > 300 and img.shape[1] > 500
+
+
+def test_benchmark_refuses_train_test_overlap(tmp_path):
+    from matryoshka_adaptor.validation import InputError
+
+    root = make_toy_dataset(tmp_path / "toy")
+    with open(root / "qrels" / "train.tsv", "a") as f:
+        f.write("q70\td1\t1\n")
+    cfg = BenchmarkConfig(dataset=str(root), embeddings=str(root / "embeddings"), dims=(8,),
+                          methods=("adaptor-supervised",))
+    with pytest.raises(InputError, match="both train and test"):
+        run_benchmark(cfg, progress=False)
+
+
+def test_scifact_full_dim_reference_is_0_6451(data_dir):
+    """all-MiniLM-L6-v2 on SciFact test: nDCG@10 = 0.6451 (MTEB publishes 64.51)."""
+    cfg = BenchmarkConfig(dataset=str(data_dir / "scifact"),
+                          embeddings=str(data_dir / "scifact" / "embeddings" / "all-MiniLM-L6-v2"),
+                          dims=(384,), methods=("truncate",))
+    result = run_benchmark(cfg, progress=False)
+    full = next(e for e in result["summary"] if e["method"] == "full")
+    assert full["ndcg@10"] == pytest.approx(0.6451, abs=5e-5)

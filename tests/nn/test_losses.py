@@ -1,0 +1,115 @@
+"""Each loss against a slow reference written straight from the paper's formulas (loops over i, j, m)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from matryoshka_adaptor.nn import losses
+
+DIMS = (2, 5, 8, 12)
+
+
+def cos_m(a, b, m):
+    a, b = a[:m], b[:m]
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def full_cos(a, b):
+    return cos_m(a, b, len(a))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_prefix_cosine_matrix_matches_loops(rng):
+    a, b = rng.standard_normal((5, 12)), rng.standard_normal((4, 12))
+    got = losses.prefix_cosine_matrix(torch.tensor(a), torch.tensor(b), DIMS).numpy()
+    for t, m in enumerate(DIMS):
+        for i in range(5):
+            for j in range(4):
+                assert got[t, i, j] == pytest.approx(cos_m(a[i], b[j], m), abs=1e-10)
+
+
+def test_topk_similarity_loss(rng):
+    n, k, d = 6, 3, 12
+    orig = rng.standard_normal((n, d))
+    adapted = orig + 0.3 * rng.standard_normal((n, d))
+    nb = np.array([[(i + j + 1) % n for j in range(k)] for i in range(n)])
+    target = np.array([[full_cos(orig[i], orig[j]) for j in nb[i]] for i in range(n)])
+    ref = np.mean([abs(cos_m(adapted[i], adapted[j], m) - full_cos(orig[i], orig[j]))
+                   for m in DIMS for i in range(n) for j in nb[i]])
+    got = losses.topk_similarity_loss(torch.tensor(adapted), torch.tensor(adapted[nb]), torch.tensor(target), DIMS)
+    assert got.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_pairwise_similarity_loss(rng):
+    n, d = 7, 12
+    orig = rng.standard_normal((n, d))
+    adapted = orig + 0.3 * rng.standard_normal((n, d))
+    target = np.array([[full_cos(orig[i], orig[j]) for j in range(n)] for i in range(n)])
+    ref = np.mean([abs(cos_m(adapted[i], adapted[j], m) - target[i, j])
+                   for m in DIMS for i in range(n) for j in range(n) if i != j])
+    got = losses.pairwise_similarity_loss(torch.tensor(adapted), torch.tensor(target), DIMS)
+    assert got.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_reconstruction_loss(rng):
+    a, b = rng.standard_normal((4, 12)), rng.standard_normal((4, 12))
+    ref = np.mean([abs(a[i, t] - b[i, t]) for i in range(4) for t in range(12)])
+    assert losses.reconstruction_loss(torch.tensor(a), torch.tensor(b)).item() == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 20.0])
+def test_ranking_loss(rng, scale):
+    nq, nd, d = 4, 6, 12
+    q, docs = rng.standard_normal((nq, d)), rng.standard_normal((nd, d))
+    grades = rng.integers(0, 3, size=(nq, nd)).astype(float)
+    grades[0] = 0  # a query with no positives contributes no pairs
+    num, den = 0.0, 0.0
+    for i in range(nq):
+        for j in range(nd):
+            for k in range(nd):
+                if grades[i, j] > grades[i, k]:
+                    w = grades[i, j] - grades[i, k]
+                    den += w * len(DIMS)
+                    for m in DIMS:
+                        num += w * math.log1p(math.exp(scale * (cos_m(q[i], docs[k], m) - cos_m(q[i], docs[j], m))))
+    got = losses.ranking_loss(torch.tensor(q), torch.tensor(docs), torch.tensor(grades), DIMS, scale=scale)
+    assert got.item() == pytest.approx(num / den, rel=1e-9)
+
+
+def test_ranking_loss_without_pairs_is_zero(rng):
+    q, docs = torch.tensor(rng.standard_normal((2, 12))), torch.tensor(rng.standard_normal((3, 12)))
+    assert losses.ranking_loss(q, docs, torch.zeros(2, 3), DIMS).item() == 0.0
+
+
+def test_listwise_distillation_loss(rng):
+    n, p, d, temp = 3, 5, 12, 0.1
+    anchors, pool = rng.standard_normal((n, d)), rng.standard_normal((p, d))
+    target = rng.uniform(-1, 1, size=(n, p))
+    mask = np.ones((n, p), bool)
+    mask[0, 2] = False
+    total = 0.0
+    for m in DIMS:
+        for i in range(n):
+            valid = [j for j in range(p) if mask[i, j]]
+            t = np.array([target[i, j] / temp for j in valid])
+            s = np.array([cos_m(anchors[i], pool[j], m) / temp for j in valid])
+            pt = np.exp(t - t.max()) / np.exp(t - t.max()).sum()
+            ps = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+            total += float(np.sum(pt * (np.log(pt) - np.log(ps))))
+    ref = total / (len(DIMS) * n)
+    got = losses.listwise_distillation_loss(torch.tensor(anchors), torch.tensor(pool), torch.tensor(target), DIMS,
+                                            temperature=temp, mask=torch.tensor(mask))
+    assert got.item() == pytest.approx(ref, rel=1e-9)
+
+
+def test_losses_are_zero_when_adapted_equals_original(rng):
+    x = torch.tensor(rng.standard_normal((5, 12)))
+    target = losses.prefix_cosine_matrix(x, x, (12,))[0]
+    assert losses.pairwise_similarity_loss(x, target, (12,)).item() == pytest.approx(0, abs=1e-12)
+    assert losses.reconstruction_loss(x, x).item() == 0.0

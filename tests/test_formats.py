@@ -1,0 +1,56 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from matryoshka_adaptor.formats import read_embeddings, transform_file, write_embeddings
+from matryoshka_adaptor.validation import InputError
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])
+def test_round_trip(tmp_path, corpus, suffix):
+    ids = [f"doc{i}" for i in range(len(corpus))]
+    path = write_embeddings(tmp_path / f"x{suffix}", corpus, ids)
+    x, got_ids = read_embeddings(path)
+    np.testing.assert_array_equal(np.asarray(x), corpus)
+    assert got_ids == (None if suffix == ".npy" else ids)
+
+
+def test_npy_is_memory_mapped(tmp_path, corpus):
+    np.save(tmp_path / "x.npy", corpus)
+    x, _ = read_embeddings(tmp_path / "x.npy")
+    assert isinstance(x, np.memmap)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet"])
+def test_streaming_transform_equals_in_memory(tmp_path, corpus, suffix):
+    ids = [f"d{i}" for i in range(len(corpus))]
+    src = write_embeddings(tmp_path / f"in{suffix}", corpus, ids)
+    n = transform_file(src, tmp_path / f"out{suffix}", lambda x, off: x[:, :5] * 2, 5, chunk_rows=37)
+    out, out_ids = read_embeddings(tmp_path / f"out{suffix}")
+    assert n == len(corpus)
+    np.testing.assert_allclose(np.asarray(out), corpus[:, :5] * 2)
+    assert out_ids == (None if suffix == ".npy" else ids)
+
+
+def test_failed_transform_leaves_no_output(tmp_path, corpus):
+    np.save(tmp_path / "in.npy", corpus)
+
+    def explode(x, offset):
+        if offset > 0:
+            raise RuntimeError("crash mid-write")
+        return x
+
+    with pytest.raises(RuntimeError):
+        transform_file(tmp_path / "in.npy", tmp_path / "out.npy", explode, 32, chunk_rows=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+def test_parquet_errors(tmp_path):
+    pq.write_table(pa.table({"vec": [[1.0, 2.0], [3.0]]}), tmp_path / "ragged.parquet")
+    with pytest.raises(InputError, match="no column 'embedding'.*--column"):
+        read_embeddings(tmp_path / "ragged.parquet")
+    with pytest.raises(InputError, match="different lengths"):
+        read_embeddings(tmp_path / "ragged.parquet", column="vec")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_embeddings(tmp_path / "x.csv")
