@@ -52,5 +52,6 @@ def test_parquet_errors(tmp_path):
         read_embeddings(tmp_path / "ragged.parquet")
     with pytest.raises(InputError, match="different lengths"):
         read_embeddings(tmp_path / "ragged.parquet", column="vec")
+    (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(InputError, match="unsupported file type"):
         read_embeddings(tmp_path / "x.csv")

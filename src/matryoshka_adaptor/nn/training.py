@@ -80,6 +80,7 @@ class Trainer:
         temperature: float = 0.05,
         rank_scale: float = 1.0,
         random_negatives: int = 64,
+        max_positives: int = 8,
         validation_fraction: float = 0.1,
         eval_every: int = 100,
         patience: int = 5,
@@ -96,6 +97,7 @@ class Trainer:
         self.temperature = temperature
         self.rank_scale = rank_scale
         self.random_negatives = random_negatives
+        self.max_positives = max_positives
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
         self.patience = patience
@@ -141,17 +143,27 @@ class Trainer:
         return total, parts
 
     def _supervised_loss(self, query_ids: np.ndarray) -> tuple[torch.Tensor, dict]:
-        # Doc pool: the batch queries' positives plus random corpus rows (negatives for all).
+        # Doc pool: up to `max_positives` sampled positives of each batch query plus random
+        # corpus rows (negatives for all). Every pool doc keeps its true grade for every query,
+        # so a sampled positive of one query is never counted as a negative of another that
+        # also judged it relevant. The cap bounds the (dims x B x P x pool) pair tensor when
+        # queries have hundreds of judgements (NFCorpus).
         pos_rows: list[int] = []
         for q in query_ids:
-            pos_rows.extend(r for r, _ in self._positives[q])
+            plist = self._positives[q]
+            if len(plist) > self.max_positives:
+                pick = self.rng.choice(len(plist), size=self.max_positives, replace=False)
+                plist = [plist[i] for i in pick]
+            pos_rows.extend(r for r, _ in plist)
         rand_rows = self.rng.integers(0, self._corpus.shape[0], size=self.random_negatives).tolist()
         pool_rows = np.unique(np.asarray(pos_rows + rand_rows, dtype=np.int64))
         col = {int(r): j for j, r in enumerate(pool_rows)}
         grades = np.zeros((len(query_ids), len(pool_rows)), dtype=np.float32)
         for i, q in enumerate(query_ids):
             for r, g in self._positives[q]:
-                grades[i, col[r]] = g
+                j = col.get(r)
+                if j is not None:
+                    grades[i, j] = g
         docs = self._corpus[self._t(pool_rows, torch.long)]
         q_adapted, _ = self.net(self._queries[self._t(query_ids, torch.long)])
         d_adapted, _ = self.net(docs)
