@@ -146,8 +146,9 @@ class Trainer:
         # Doc pool: up to `max_positives` sampled positives of each batch query plus random
         # corpus rows (negatives for all). Every pool doc keeps its true grade for every query,
         # so a sampled positive of one query is never counted as a negative of another that
-        # also judged it relevant. The cap bounds the (dims x B x P x pool) pair tensor when
-        # queries have hundreds of judgements (NFCorpus).
+        # also judged it relevant. The cap bounds the pool, but not yet the pair tensor:
+        # ranking_loss takes every judged pool doc of a query as a positive, so with hundreds
+        # of judgements per query (NFCorpus) its (dims x B x P x pool) tensor is still large.
         pos_rows: list[int] = []
         for q in query_ids:
             plist = self._positives[q]
