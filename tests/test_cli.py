@@ -52,3 +52,47 @@ def test_help_has_examples():
     for cmd in ("fit", "transform", "info", "benchmark"):
         r = invoke(cmd, "--help")
         assert r.exit_code == 0 and "Example:" in r.output
+
+
+def test_embed_over_http_writes_vectors_and_ids_and_resumes_from_the_cache(tmp_path, monkeypatch):
+    from fakes import FakeModel
+    from matryoshka_adaptor.serve.app import create_app
+    from matryoshka_adaptor.serve.server import BackgroundServer
+
+    rows = [{"_id": f"d{i}", "title": f"Title {i}", "text": f"body of document {i}"} for i in range(7)]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.setenv("MY_KEY", "sk-cli-secret")
+    model = FakeModel(8)
+    with BackgroundServer(create_app(model, model_name="fake", api_key="sk-cli-secret", inject_failures=[503])) as url:
+        args = ["embed", "--provider", "openai", "--model", "fake", "--base-url", url, "--api-key-env", "MY_KEY",
+                "--input", tmp_path / "corpus.jsonl", "--cache", tmp_path / "c.sqlite", "--batch-size", "3", "-q"]
+        r = invoke(*args, "--out", tmp_path / "v.npy")
+        assert r.exit_code == 0, r.output
+        assert "0 from cache, 7 embedded in 4 API calls, 1 retries" in r.output
+        r = invoke(*args, "--out", tmp_path / "v.parquet")
+        assert r.exit_code == 0 and "7 from cache" in r.output and "0 API calls" in r.output
+    vectors = np.load(tmp_path / "v.npy")
+    np.testing.assert_allclose(vectors[2], model.vector("Title 2 body of document 2"), atol=1e-6)
+    assert json.loads((tmp_path / "v.npy.ids.json").read_text())["ids"][:2] == ["d0", "d1"]
+    assert pq.read_table(tmp_path / "v.parquet").column("id").to_pylist()[-1] == "d6"
+    assert len(model.seen) == 7 and "sk-cli-secret" not in r.output
+
+
+def test_embed_reports_a_client_error_clearly(tmp_path):
+    from fakes import FakeModel
+    from matryoshka_adaptor.serve.app import create_app
+    from matryoshka_adaptor.serve.server import BackgroundServer
+
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    with BackgroundServer(create_app(FakeModel(8), model_name="fake")) as url:
+        r = invoke("embed", "--model", "nope", "--base-url", url, "--input", tmp_path / "t.txt",
+                   "--out", tmp_path / "v.npy", "--cache", tmp_path / "c.sqlite", "-q")
+    assert r.exit_code == 2 and "HTTP 404" in r.output and "--model" in r.output
+    assert not (tmp_path / "v.npy").exists()
+
+
+def test_serve_refuses_a_bad_configuration(tmp_path):
+    r = invoke("serve", "--upstream", "http://127.0.0.1:9/v1")
+    assert r.exit_code == 2 and "--upstream-model" in r.output
+    r = invoke("serve", "--local-model", "x", "--api-key-env", "MA_SURELY_UNSET_VAR")
+    assert r.exit_code == 2 and "MA_SURELY_UNSET_VAR" in r.output

@@ -66,8 +66,10 @@ def test_seed_makes_fit_repeatable(corpus):
     assert a != c
 
 
-def test_numpy_path_equals_torch_path(corpus):
-    est = MatryoshkaAdaptor(dims=(4, 8, 16), **FAST).fit(corpus)
+@pytest.mark.parametrize("depth, init", [(2, "pca"), (1, "pca"), (3, "pca"), (2, "identity")])
+def test_numpy_path_equals_torch_path(corpus, depth, init):
+    # The numpy path folds the rotation into the first layer and computes only `dim` columns.
+    est = MatryoshkaAdaptor(dims=(4, 8, 16), depth=depth, init=init, **FAST).fit(corpus)
     for dim in (4, 16, 32):
         np.testing.assert_allclose(est.transform(corpus, dim), est.transform(corpus, dim, backend="torch"), atol=1e-5)
 
@@ -132,3 +134,15 @@ def test_supervised_fit_runs_two_stages_and_uses_labels():
     assert est.supervised_ and "supervised" in est.history_
     assert est.fit_summary_["supervised"]["steps_run"] > 0
     assert 0 <= est.fit_summary_["supervised"]["best_val_ndcg@10"] <= 1
+
+
+def test_learned_rotation_stays_orthogonal_and_round_trips(corpus, tmp_path):
+    est = MatryoshkaAdaptor(dims=(4, 8, 32), learn_rotation=True, **FAST).fit(corpus)
+    start = MatryoshkaAdaptor(dims=(4, 8, 32), **{**FAST, "steps": 0}).fit(corpus).weights_["rotation"]
+    r = est.weights_["rotation"]
+    np.testing.assert_allclose(r.T @ r, np.eye(32), atol=1e-5)  # full-dim cosines unchanged by it
+    assert np.abs(r - start).max() > 1e-4  # it did train
+    assert not any(k.startswith("rot.") for k in est.weights_)  # saved as a plain matrix
+    np.testing.assert_allclose(est.transform(corpus, 8), est.transform(corpus, 8, backend="torch"), atol=1e-5)
+    est.save(tmp_path / "ad")
+    np.testing.assert_array_equal(MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8), est.transform(corpus, 8))

@@ -55,3 +55,19 @@ def test_parquet_errors(tmp_path):
     (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(InputError, match="unsupported file type"):
         read_embeddings(tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_streaming_npy_reads_other_float_types(tmp_path, corpus, dtype):
+    np.save(tmp_path / "in.npy", corpus.astype(dtype))
+    transform_file(tmp_path / "in.npy", tmp_path / "out.npy", lambda x, off: x.astype(np.float32), 32, chunk_rows=64)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), corpus.astype(dtype).astype(np.float32))
+
+
+def test_truncated_npy_is_reported_and_leaves_no_output(tmp_path, corpus):
+    np.save(tmp_path / "in.npy", corpus)
+    data = (tmp_path / "in.npy").read_bytes()
+    (tmp_path / "in.npy").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(InputError, match="truncated"):
+        transform_file(tmp_path / "in.npy", tmp_path / "out.npy", lambda x, off: x, 32, chunk_rows=64)
+    assert not (tmp_path / "out.npy").exists()

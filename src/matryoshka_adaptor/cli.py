@@ -1,4 +1,4 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark``."""
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def transform(
     dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (default: full)."),
     column: Optional[str] = typer.Option(None, help="Embedding column of Parquet/npz input (default: embedding)."),
     id_column: Optional[str] = typer.Option(None, help="Id column of Parquet input (default: id)."),
-    chunk_rows: int = typer.Option(65536, help="Rows per chunk: bounds memory for inputs larger than RAM."),
+    chunk_rows: int = typer.Option(8192, help="Rows per chunk: bounds memory for inputs larger than RAM."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Apply an adaptor: adapted vectors, cut to --dim and L2-normalised, streamed in chunks (numpy only).
@@ -188,6 +188,104 @@ def benchmark(
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@app.command()
+def embed(
+    input: Path = typer.Option(..., "--input", "-i", help="Texts: BEIR-style .jsonl (_id, title, text) or .txt (one per line)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Vectors: .npy (ids in OUT.ids.json), .npz or .parquet (ids inside)."),
+    provider: str = typer.Option("openai", help="openai (any OpenAI-compatible endpoint) or sentence-transformers (local)."),
+    model: str = typer.Option(..., help="Model name, e.g. text-embedding-3-large, or a sentence-transformers name/folder."),
+    base_url: str = typer.Option("https://api.openai.com/v1", help="OpenAI-compatible API root (ends in /v1)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    dimensions: Optional[int] = typer.Option(None, help="Ask the API for this many dims (models that support it)."),
+    text_field: Optional[str] = typer.Option(None, help="JSONL field to embed (default: title + text)."),
+    batch_size: int = typer.Option(256, help="Texts per request (sentence-transformers: per forward pass)."),
+    max_batch_tokens: int = typer.Option(100_000, help="Estimated tokens per request (openai)."),
+    concurrency: int = typer.Option(4, help="Requests in flight at once (openai)."),
+    max_retries: int = typer.Option(8, help="Retries per request on 429, 5xx and timeouts (openai)."),
+    cache: Optional[Path] = typer.Option(None, help="SQLite vector cache (default ~/.cache/matryoshka-adaptor/embeddings.sqlite)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Embed texts once: every vector is cached on disk as it arrives, so a rerun resumes and never pays twice.
+
+    Example: OPENAI_API_KEY=... matryoshka-adaptor embed --provider openai --model text-embedding-3-large
+    --input corpus.jsonl --out corpus.npy
+    """
+    from .embed.openai_api import UpstreamError
+    from .embed.sources import default_cache_path, make_source
+    from .embed.texts import read_texts
+    from .formats import file_kind, write_embeddings
+    from .persistence import atomic_write_bytes
+
+    try:
+        ids, texts = read_texts(input, text_field=text_field)
+        kind = file_kind(out)
+        if provider == "openai":
+            options = dict(base_url=base_url, api_key_env=api_key_env, dimensions=dimensions, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, concurrency=concurrency, max_retries=max_retries)
+        else:
+            if dimensions is not None:
+                raise InputError("--dimensions applies to --provider openai; fit an adaptor to shrink local vectors.")
+            options = dict(batch_size=batch_size)
+        source = make_source(provider, model, cache_path=cache or default_cache_path(), **options)
+        vectors = source.encode(texts, progress=not quiet)
+        write_embeddings(out, vectors, ids if kind != "npy" else None)
+        if kind == "npy":
+            atomic_write_bytes(Path(f"{out}.ids.json"), json.dumps({"ids": ids}).encode())
+    except (InputError, UpstreamError, ImportError) as exc:
+        _fail(exc)
+    stats = getattr(source, "last_stats", None)
+    if stats is not None:
+        typer.echo(stats.summary())
+    typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}")
+
+
+@app.command()
+def serve(
+    adaptor: Optional[Path] = typer.Option(None, help="Adaptor folder; without it the server passes vectors through."),
+    upstream: Optional[str] = typer.Option(None, help="OpenAI-compatible API root to embed with, e.g. https://api.openai.com/v1."),
+    upstream_model: Optional[str] = typer.Option(None, help="Model name at the upstream."),
+    upstream_api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable with the upstream's key."),
+    local_model: Optional[str] = typer.Option(None, help="sentence-transformers model name or folder to embed with locally."),
+    served_model_name: Optional[str] = typer.Option(None, help="`model` clients must send (default: the upstream/local model's name)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback unless told otherwise)."),
+    port: int = typer.Option(8000),
+    api_key_env: Optional[str] = typer.Option(None, help="Require `Authorization: Bearer $NAME` from clients."),
+    max_inputs: int = typer.Option(2048, help="Texts per request."),
+    max_text_chars: int = typer.Option(32_768, help="Characters per text."),
+    max_batch_texts: int = typer.Option(256, help="Texts per model call when concurrent requests are batched."),
+    batch_window_ms: float = typer.Option(2.0, help="How long a model call waits for more requests to join it."),
+    upstream_retries: int = typer.Option(2, help="Retries of a failed upstream call before answering 502."),
+    upstream_timeout: float = typer.Option(30.0, help="Seconds to wait for the upstream."),
+    inject_failures: Optional[str] = typer.Option(None, help="Testing: answer the first calls with these statuses, e.g. 429,503."),
+    log_level: str = typer.Option("info"),
+):
+    """Serve OpenAI-compatible /v1/embeddings with a working `dimensions` for any model.
+
+    Example: matryoshka-adaptor serve --adaptor my-adaptor/ --local-model sentence-transformers/all-MiniLM-L6-v2
+    """
+    import os
+
+    try:
+        try:
+            from .serve.server import build_app, run_server
+        except ImportError as exc:
+            raise ImportError(f"serving needs FastAPI and uvicorn ({exc}); `pip install 'matryoshka-adaptor[serve]'`.") from exc
+        if api_key_env and not os.environ.get(api_key_env):
+            raise InputError(f"--api-key-env {api_key_env}: that environment variable is empty or unset.")
+        app_, name = build_app(
+            adaptor=adaptor, upstream=upstream, upstream_model=upstream_model,
+            upstream_api_key_env=upstream_api_key_env, local_model=local_model, served_model_name=served_model_name,
+            api_key=os.environ.get(api_key_env) if api_key_env else None, max_inputs=max_inputs,
+            max_text_chars=max_text_chars, max_batch_texts=max_batch_texts, batch_window_ms=batch_window_ms,
+            upstream_retries=upstream_retries, upstream_timeout=upstream_timeout,
+            inject_failures=_int_list(inject_failures) or [],
+        )
+    except (InputError, ImportError) as exc:
+        _fail(exc)
+    typer.echo(f"serving {name!r} on http://{host}:{port}/v1 (adaptor: {adaptor or 'none, pass-through'})", err=True)
+    run_server(app_, host=host, port=port, log_level=log_level)
 
 
 def main() -> None:

@@ -32,13 +32,16 @@ from .validation import (
 # L1 similarity losses (top-k, pairwise, reconstruction), logistic ranking loss on raw
 # cosines. "default" adds what the ablations in docs/ablations.md support.
 RECIPES: dict[str, dict] = {
-    "paper": dict(init="identity", topk_weight=1.0, alpha=1.0, beta=1.0, gamma=1.0, listwise_weight=0.0,
-                  rank_scale=1.0, steps=1500, supervised_steps=1000),
-    "default": dict(init="pca", topk_weight=0.0, alpha=0.0, beta=1.0, gamma=1.0, listwise_weight=1.0,
-                    rank_scale=20.0, steps=400, supervised_steps=1000),
+    "paper": dict(init="identity", topk_weight=1.0, alpha=1.0, beta=1.0, supervised_beta=1.0, gamma=1.0,
+                  listwise_weight=0.0, rank_scale=1.0, steps=1500, supervised_steps=1000, hard_negatives=0,
+                  learn_rotation=False),
+    # Chosen on a SciFact dev split carved from the train queries (docs/ablations.md).
+    "default": dict(init="pca", topk_weight=0.0, alpha=0.0, beta=20.0, supervised_beta=1.0, gamma=1.0,
+                    listwise_weight=1.0, rank_scale=20.0, steps=400, supervised_steps=1000, hard_negatives=16,
+                    learn_rotation=True),
 }
-_RECIPE_KEYS = ("init", "topk_weight", "alpha", "beta", "gamma", "listwise_weight", "rank_scale", "steps",
-                "supervised_steps")
+_RECIPE_KEYS = ("init", "topk_weight", "alpha", "beta", "supervised_beta", "gamma", "listwise_weight",
+                "rank_scale", "steps", "supervised_steps", "hard_negatives", "learn_rotation")
 
 
 class NotFittedError(RuntimeError):
@@ -72,11 +75,16 @@ class MatryoshkaAdaptor:
         or "paper" (the paper's exact method). Parameters left at None take the recipe's value.
     hidden_dim, depth : MLP width (default: input dim) and number of linear layers.
     init : "pca" (start from the uncentred PCA rotation of the corpus) or "identity".
+    learn_rotation : train the rotation too, kept exactly orthogonal (saved as a fixed matrix).
     k : neighbours per anchor for the top-k loss, mined on the original full-dim vectors.
     alpha, beta, gamma : weights of the pairwise, reconstruction and ranking losses.
+    supervised_beta : reconstruction weight in the supervised stage (the labels define the goal
+        there, so the default recipe relaxes the strong stage-1 reconstruction).
     topk_weight, listwise_weight : weights of the paper's top-k loss and the listwise KL term.
     temperature : softmax temperature of the listwise term.
     rank_scale : multiplies cosine differences inside the ranking loss (1 = paper).
+    hard_negatives : per labeled query, its top full-dim corpus neighbours added to the supervised
+        batch (unjudged ones act as negatives; 0 = random negatives only, as in the paper).
     steps, supervised_steps : maximum steps of stage 1 and stage 2 (early stopping may end sooner).
     use_queries : let the unsupervised losses also see query vectors (no labels needed).
     max_fit_vectors : corpus rows sampled for fitting (bigger corpora are sampled, not loaded whole).
@@ -92,9 +100,11 @@ class MatryoshkaAdaptor:
         hidden_dim: int | None = None,
         depth: int = 2,
         init: str | None = None,
+        learn_rotation: bool | None = None,
         k: int = 10,
         alpha: float | None = None,
         beta: float | None = None,
+        supervised_beta: float | None = None,
         gamma: float | None = None,
         topk_weight: float | None = None,
         listwise_weight: float | None = None,
@@ -106,6 +116,7 @@ class MatryoshkaAdaptor:
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         random_negatives: int = 64,
+        hard_negatives: int | None = None,
         validation_fraction: float = 0.1,
         eval_every: int = 100,
         patience: int = 5,
@@ -122,9 +133,11 @@ class MatryoshkaAdaptor:
         self.hidden_dim = hidden_dim
         self.depth = depth
         self.init = init
+        self.learn_rotation = learn_rotation
         self.k = k
         self.alpha = alpha
         self.beta = beta
+        self.supervised_beta = supervised_beta
         self.gamma = gamma
         self.topk_weight = topk_weight
         self.listwise_weight = listwise_weight
@@ -136,6 +149,7 @@ class MatryoshkaAdaptor:
         self.lr = lr
         self.weight_decay = weight_decay
         self.random_negatives = random_negatives
+        self.hard_negatives = hard_negatives
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
         self.patience = patience
@@ -267,19 +281,21 @@ class MatryoshkaAdaptor:
         k = min(self.k, len(sample) - 1)
         if k < 1:
             raise InputError("the corpus needs at least 2 vectors to mine neighbours for training.")
+        device = resolve_device(self.device)
         nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), method=self.neighbor_search,
-                            progress=self.progress, seed=self.seed)
+                            progress=self.progress, seed=self.seed, device=device)
         anchors, nb_idx, nb_sims = sample, nb.indices, nb.scores
         if q_unit is not None and self.use_queries:
-            qnb = mine_neighbors(q_unit, sample, k, method=self.neighbor_search, progress=self.progress, seed=self.seed)
+            qnb = mine_neighbors(q_unit, sample, k, method=self.neighbor_search, progress=self.progress,
+                                 seed=self.seed, device=device)
             anchors = np.concatenate([sample, q_unit])
             nb_idx = np.concatenate([nb_idx, qnb.indices])
             nb_sims = np.concatenate([nb_sims, qnb.scores])
         mining_seconds = time.perf_counter() - started
 
-        device = resolve_device(self.device)
         hidden = self.hidden_dim or d
-        net = AdaptorNet(d, hidden, self.depth, None if rotation is None else torch.from_numpy(rotation))
+        net = AdaptorNet(d, hidden, self.depth, None if rotation is None else torch.from_numpy(rotation),
+                         learn_rotation=s["learn_rotation"])
         weights = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["beta"],
                               listwise=s["listwise_weight"], rank=s["gamma"])
         trainer = Trainer(
@@ -297,13 +313,19 @@ class MatryoshkaAdaptor:
         if sup_positions is not None:
             row_of = {cids[r]: i for i, r in enumerate(rows)}
             positives = [[(row_of[doc], g) for doc, g in plist] for plist in sup_positions]
-            stage2 = trainer.fit_supervised(unsup, SupervisedData(q_unit, positives), s["supervised_steps"])
+            hard = None
+            if s["hard_negatives"] > 0:
+                hard = mine_neighbors(q_unit, sample, min(s["hard_negatives"], len(sample)), method=self.neighbor_search,
+                                      progress=self.progress, seed=self.seed, device=device).indices
+            trainer.w = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["supervised_beta"],
+                                    listwise=s["listwise_weight"], rank=s["gamma"])
+            stage2 = trainer.fit_supervised(unsup, SupervisedData(q_unit, positives, hard), s["supervised_steps"])
             history["supervised"] = stage2.history
             summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
                                      "best_val_ndcg@10": stage2.best_score}
 
         net = net.cpu()
-        self.weights_ = {k_: v.detach().numpy().copy() for k_, v in net.state_dict().items()}
+        self.weights_ = {k_: v.numpy() for k_, v in net.export_weights().items()}
         self.input_dim_ = d
         self.n_features_in_ = d
         self.dims_ = dims

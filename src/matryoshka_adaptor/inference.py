@@ -32,27 +32,45 @@ def _linear_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, 
 
 
 class NumpyAdaptor:
-    """A frozen adaptor as numpy matrices; call ``apply`` on chunks of vectors."""
+    """A frozen adaptor as numpy matrices; call ``apply`` on chunks of vectors.
+
+    The rotation is folded into the first layer (``z @ R @ W1`` = ``z @ (R W1)``) and only
+    the ``dim`` output columns of the rotation and of the last layer are computed, so a
+    64-dim transform of 384-dim vectors costs ~0.6x the multiply-adds of the plain forward.
+    The per-``dim`` matrices are built once and kept contiguous for BLAS.
+    """
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
         rotation = weights.get("rotation")
         self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
         self.layers = _linear_layers(weights)
+        if self.layers:
+            w0, b0 = self.layers[0]
+            self._first = (w0 if self.rotation is None else (self.rotation.astype(np.float64) @ w0).astype(np.float32), b0)
+        self._per_dim: dict[int, tuple] = {}
+
+    def _cut(self, dim: int) -> tuple:
+        if dim not in self._per_dim:
+            rot = None if self.rotation is None else np.ascontiguousarray(self.rotation[:, :dim])
+            w_last, b_last = self._first if len(self.layers) == 1 else self.layers[-1]
+            self._per_dim[dim] = (rot, np.ascontiguousarray(w_last[:, :dim]), np.ascontiguousarray(b_last[:dim]))
+        return self._per_dim[dim]
 
     def apply(self, x: np.ndarray, dim: int, *, offset: int = 0) -> np.ndarray:
         """Adapted vectors for ``x`` (rows already checked for shape), cut to ``dim`` and unit length."""
         z = l2_normalize(np.asarray(x, dtype=np.float32), offset=offset)
-        if self.rotation is not None:
-            z = z @ self.rotation
-        h = z
-        last = len(self.layers) - 1
-        for i, (w, b) in enumerate(self.layers):
-            if i == last:
-                # Only the first `dim` outputs are kept, so only those columns are computed.
-                h = h @ w[:, :dim] + b[:dim]
+        rot, w_last, b_last = self._cut(dim)
+        out = z[:, :dim] if rot is None else z @ rot  # the first `dim` rotated coordinates
+        if self.layers:
+            if len(self.layers) == 1:
+                h = z @ w_last + b_last
             else:
-                h = np.maximum(h @ w + b, 0.0)
-        out = z[:, :dim] + h if self.layers else z[:, :dim]
+                w0, b0 = self._first
+                h = np.maximum(z @ w0 + b0, 0.0)
+                for w, b in self.layers[1:-1]:
+                    h = np.maximum(h @ w + b, 0.0)
+                h = h @ w_last + b_last
+            out = out + h
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)
         return (out / norms).astype(np.float32, copy=False)

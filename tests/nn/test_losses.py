@@ -82,6 +82,27 @@ def test_ranking_loss(rng, scale):
     assert got.item() == pytest.approx(num / den, rel=1e-9)
 
 
+def test_ranking_loss_positive_mask_limits_j_side_only(rng):
+    nq, nd, d = 3, 7, 12
+    q, docs = rng.standard_normal((nq, d)), rng.standard_normal((nd, d))
+    grades = rng.integers(0, 3, size=(nq, nd)).astype(float)
+    as_j = rng.random((nq, nd)) < 0.5
+    num, den = 0.0, 0.0
+    for i in range(nq):
+        for j in range(nd):
+            if not as_j[i, j]:
+                continue
+            for k in range(nd):  # k keeps every doc with its true grade, masked or not
+                if grades[i, j] > grades[i, k]:
+                    w = grades[i, j] - grades[i, k]
+                    den += w * len(DIMS)
+                    for m in DIMS:
+                        num += w * math.log1p(math.exp(cos_m(q[i], docs[k], m) - cos_m(q[i], docs[j], m)))
+    got = losses.ranking_loss(torch.tensor(q), torch.tensor(docs), torch.tensor(grades), DIMS,
+                              positive_mask=torch.tensor(as_j))
+    assert got.item() == pytest.approx(num / den, rel=1e-9)
+
+
 def test_ranking_loss_without_pairs_is_zero(rng):
     q, docs = torch.tensor(rng.standard_normal((2, 12))), torch.tensor(rng.standard_normal((3, 12)))
     assert losses.ranking_loss(q, docs, torch.zeros(2, 3), DIMS).item() == 0.0

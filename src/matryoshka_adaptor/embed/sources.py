@@ -126,3 +126,27 @@ def load_precomputed(folder: str | Path) -> Precomputed:
 def default_cache_path() -> Path:
     base = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "matryoshka-adaptor"))
     return base / "embeddings.sqlite"
+
+
+PROVIDERS = ("openai", "sentence-transformers")
+
+
+def make_source(provider: str, model: str, *, cache_path: str | Path | None = None, **options):
+    """One interface for every provider: ``.encode(texts) -> (n, d) float32`` with an on-disk cache.
+
+    ``openai`` is any OpenAI-compatible endpoint (``base_url``, ``api_key_env``, ``dimensions``,
+    ``batch_size``, ``max_batch_tokens``, ``concurrency``, ``max_retries``); ``sentence-transformers``
+    runs a local model (``batch_size``, ``device``).
+    """
+    if provider == "openai":
+        from .openai_api import OpenAICompatibleSource
+
+        return OpenAICompatibleSource(model, cache_path=cache_path, **options)
+    if provider == "sentence-transformers":
+        allowed = {"batch_size", "device"}
+        unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
+        if unknown:
+            raise InputError(f"option(s) {', '.join(unknown)} apply to --provider openai only.")
+        return SentenceTransformerSource(model, cache_path=cache_path,
+                                         **{k: v for k, v in options.items() if k in allowed and v is not None})
+    raise InputError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}.")

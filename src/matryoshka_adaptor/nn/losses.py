@@ -113,18 +113,23 @@ def ranking_loss(
     dims: Sequence[int],
     *,
     scale: float = 1.0,
+    positive_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_rank: sum_{m,i,j,k} I(y_ij > y_ik)(y_ij - y_ik) log(1 + exp(scale*(s_ik[:m] - s_ij[:m]))).
 
     queries (B, d) and docs (N, d) adapted; grades (B, N) relevance y_ij (0 = not relevant).
+    ``positive_mask`` (B, N) optionally limits the j side to some judged docs (a sample of
+    each query's positives) while k still ranges over all N with their true grades; this
+    keeps the (M, B, P, N) pair tensor bounded when queries have hundreds of judgements.
     Normalised by the total pair weight times the number of dims, so it is a
     weighted mean. ``scale`` = 1 is the paper's formula on raw cosines.
     """
-    n_pos = int((grades > 0).sum(1).max().item()) if grades.numel() else 0
+    j_grades = grades if positive_mask is None else grades * positive_mask.to(grades.dtype)
+    n_pos = int((j_grades > 0).sum(1).max().item()) if grades.numel() else 0
     if n_pos == 0:
         return queries.new_zeros(())
     sims = prefix_cosine_matrix(queries, docs, dims)  # (M, B, N)
-    pos_grades, pos_idx = grades.topk(n_pos, dim=1)  # the positives j of each query, padded
+    pos_grades, pos_idx = j_grades.topk(n_pos, dim=1)  # the positives j of each query, padded
     pos_sims = sims.gather(2, pos_idx[None].expand(sims.shape[0], -1, -1))  # (M, B, P)
     weight = (pos_grades[:, :, None] - grades[:, None, :]).clamp_min(0)  # (B, P, N), 0 unless y_ij > y_ik
     weight = weight * (pos_grades[:, :, None] > 0)

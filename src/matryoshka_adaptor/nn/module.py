@@ -13,12 +13,27 @@ class AdaptorNet(nn.Module):
     (after the fixed rotation, which keeps every full-dimension cosine unchanged).
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, depth: int = 2, rotation: torch.Tensor | None = None):
+    def __init__(self, input_dim: int, hidden_dim: int, depth: int = 2, rotation: torch.Tensor | None = None,
+                 learn_rotation: bool = False):
         super().__init__()
         if depth < 1:
             raise ValueError("depth must be >= 1 (1 = a single linear residual layer)")
         self.input_dim = input_dim
-        if rotation is not None:
+        self.rot = None
+        if learn_rotation:
+            # A trainable rotation kept exactly orthogonal (so full-dim cosines never change),
+            # starting from the given one (e.g. the PCA basis) or the identity.
+            from torch.nn.utils.parametrizations import orthogonal
+
+            start = torch.eye(input_dim) if rotation is None else rotation.to(torch.float32)
+            self.rot = nn.Linear(input_dim, input_dim, bias=False)
+            with torch.no_grad():
+                self.rot.weight.copy_(start.T)
+            # Cayley map: ~4x cheaper per step than the default matrix exponential at d=384
+            # (measured: 28 vs 110 ms for a forward+backward+Adam step on 2 CPU cores).
+            orthogonal(self.rot, orthogonal_map="cayley")
+            self.rotation = None
+        elif rotation is not None:
             self.register_buffer("rotation", rotation.to(torch.float32).contiguous())
         else:
             self.rotation = None
@@ -30,6 +45,8 @@ class AdaptorNet(nn.Module):
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-normalise, then rotate: the space in which e' is compared with e."""
         x = torch.nn.functional.normalize(x, dim=-1)
+        if self.rot is not None:
+            return self.rot(x)
         return x @ self.rotation if self.rotation is not None else x
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
@@ -44,3 +61,10 @@ class AdaptorNet(nn.Module):
         """Return (adapted e', rotated input z); the reconstruction loss compares the two."""
         z = self.rotate(x)
         return z + self.residual(z), z
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """Plain tensors for saving: a learned rotation is stored as the fixed ``rotation`` matrix."""
+        weights = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("rot.")}
+        if self.rot is not None:
+            weights["rotation"] = self.rot.weight.detach().T.contiguous().clone()
+        return weights

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from . import losses
@@ -48,6 +49,7 @@ class UnsupervisedData:
 class SupervisedData:
     queries: np.ndarray  # (q, d) unit vectors
     positives: list[list[tuple[int, float]]]  # per query: (corpus row, grade > 0)
+    hard_negatives: np.ndarray | None = None  # (q, h) each query's top full-dim corpus rows
 
 
 @dataclass
@@ -120,13 +122,16 @@ class Trainer:
         nb = self._corpus[nb_idx.reshape(-1)]
         adapted, z = self.net(torch.cat([a, nb]))
         ad_a, z_a = adapted[:b], z[:b]
+        # Targets are full-dim cosines: constants (a learned rotation leaves them unchanged).
+        z_const = z.detach()
+        z_a_const = z_const[:b]
         parts = {}
         total = adapted.new_zeros(())
         if self.w.topk:
             parts["topk"] = losses.topk_similarity_loss(ad_a, adapted[b:].view(b, k, -1), self._nb_sims[anchor_ids], self.dims)
             total = total + self.w.topk * parts["topk"]
         if self.w.pair:
-            parts["pair"] = losses.pairwise_similarity_loss(ad_a, z_a @ z_a.T, self.dims)
+            parts["pair"] = losses.pairwise_similarity_loss(ad_a, z_a_const @ z_a_const.T, self.dims)
             total = total + self.w.pair * parts["pair"]
         if self.w.rec:
             parts["rec"] = losses.reconstruction_loss(adapted, z)
@@ -137,43 +142,56 @@ class Trainer:
             mask = torch.ones(b, adapted.shape[0], dtype=torch.bool, device=self.device)
             mask[torch.arange(b), torch.arange(b)] = False
             parts["listwise"] = losses.listwise_distillation_loss(
-                ad_a, adapted, z_a @ z.T, self.dims, temperature=self.temperature, mask=mask
+                ad_a, adapted, z_a_const @ z_const.T, self.dims, temperature=self.temperature, mask=mask
             )
             total = total + self.w.listwise * parts["listwise"]
         return total, parts
 
-    def _supervised_loss(self, query_ids: np.ndarray) -> tuple[torch.Tensor, dict]:
-        # Doc pool: up to `max_positives` sampled positives of each batch query plus random
-        # corpus rows (negatives for all). Every pool doc keeps its true grade for every query,
-        # so a sampled positive of one query is never counted as a negative of another that
-        # also judged it relevant. The cap bounds the pool, but not yet the pair tensor:
-        # ranking_loss takes every judged pool doc of a query as a positive, so with hundreds
-        # of judgements per query (NFCorpus) its (dims x B x P x pool) tensor is still large.
-        pos_rows: list[int] = []
+    def _supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pool corpus rows, grades (B, pool), which pool docs act as each query's positive j).
+
+        Pool: up to `max_positives` sampled positives of each batch query, random corpus rows,
+        and each query's `hard_negatives` (its top full-dim neighbours). Every pool doc keeps its
+        true grade for every query, so a sampled positive of one query is never counted as a
+        negative of another that also judged it relevant. Only a query's own sampled positives
+        act as j in the ranking pairs, which bounds the (dims x B x P x pool) tensor when queries
+        have hundreds of judgements (NFCorpus).
+        """
+        sampled: list[list[int]] = []
         for q in query_ids:
             plist = self._positives[q]
             if len(plist) > self.max_positives:
                 pick = self.rng.choice(len(plist), size=self.max_positives, replace=False)
                 plist = [plist[i] for i in pick]
-            pos_rows.extend(r for r, _ in plist)
-        rand_rows = self.rng.integers(0, self._corpus.shape[0], size=self.random_negatives).tolist()
-        pool_rows = np.unique(np.asarray(pos_rows + rand_rows, dtype=np.int64))
+            sampled.append([r for r, _ in plist])
+        other_rows = self.rng.integers(0, self._corpus.shape[0], size=self.random_negatives).tolist()
+        if self._hard is not None:
+            other_rows += self._hard[query_ids].reshape(-1).tolist()
+        pool_rows = np.unique(np.asarray([r for rows in sampled for r in rows] + other_rows, dtype=np.int64))
         col = {int(r): j for j, r in enumerate(pool_rows)}
         grades = np.zeros((len(query_ids), len(pool_rows)), dtype=np.float32)
+        as_j = np.zeros_like(grades, dtype=bool)
         for i, q in enumerate(query_ids):
             for r, g in self._positives[q]:
                 j = col.get(r)
                 if j is not None:
                     grades[i, j] = g
+            as_j[i, [col[r] for r in sampled[i]]] = True
+        return pool_rows, grades, as_j
+
+    def _supervised_loss(self, query_ids: np.ndarray) -> tuple[torch.Tensor, dict]:
+        pool_rows, grades, as_j = self._supervised_pool(query_ids)
         docs = self._corpus[self._t(pool_rows, torch.long)]
         q_adapted, _ = self.net(self._queries[self._t(query_ids, torch.long)])
         d_adapted, _ = self.net(docs)
-        loss = losses.ranking_loss(q_adapted, d_adapted, self._t(grades), self.dims, scale=self.rank_scale)
+        loss = losses.ranking_loss(q_adapted, d_adapted, self._t(grades), self.dims, scale=self.rank_scale,
+                                   positive_mask=self._t(as_j, torch.bool))
         return self.w.rank * loss, {"rank": loss}
 
     @torch.no_grad()
     def _adapt_all(self, x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-        return torch.cat([self.net(x[s : s + chunk])[0] for s in range(0, x.shape[0], chunk)])
+        with parametrize.cached():
+            return torch.cat([self.net(x[s : s + chunk])[0] for s in range(0, x.shape[0], chunk)])
 
     @torch.no_grad()
     def _prefix_topk(self, queries: torch.Tensor, corpus: torch.Tensor, m: int, k: int) -> torch.Tensor:
@@ -228,7 +246,10 @@ class Trainer:
         bad_evals = 0
         bar = tqdm(range(1, steps + 1), desc=desc, disable=not self.progress, unit="step")
         for step in bar:
-            loss, parts = step_fn()
+            # One rotation per step: a parametrised (orthogonal) weight is computed once and
+            # reused by every forward pass of the step instead of once per pass.
+            with parametrize.cached():
+                loss, parts = step_fn()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -279,6 +300,7 @@ class Trainer:
         self._nb_sims = self._t(unsup.neighbor_sims)
         self._queries = self._t(sup.queries)
         self._positives = sup.positives
+        self._hard = sup.hard_negatives
         labeled = np.flatnonzero([len(p) > 0 for p in sup.positives])
         train_q, val_q = _split(len(labeled), self.validation_fraction, self.rng, cap=1000)
         train_q, val_q = labeled[train_q], labeled[val_q]

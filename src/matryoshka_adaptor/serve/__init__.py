@@ -1,0 +1,1 @@
+"""HTTP serving: an OpenAI-compatible embeddings endpoint that applies an adaptor."""
