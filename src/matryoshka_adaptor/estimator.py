@@ -315,8 +315,9 @@ class MatryoshkaAdaptor:
             positives = [[(row_of[doc], g) for doc, g in plist] for plist in sup_positions]
             hard = None
             if s["hard_negatives"] > 0:
-                hard = mine_neighbors(q_unit, sample, min(s["hard_negatives"], len(sample)), method=self.neighbor_search,
-                                      progress=self.progress, seed=self.seed, device=device).indices
+                hard = mine_neighbors(q_unit, sample, min(s["hard_negatives"], len(sample)),
+                                      method=self.neighbor_search, progress=self.progress, seed=self.seed,
+                                      device=device).indices
             trainer.w = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["supervised_beta"],
                                     listwise=s["listwise_weight"], rank=s["gamma"])
             stage2 = trainer.fit_supervised(unsup, SupervisedData(q_unit, positives, hard), s["supervised_steps"])
