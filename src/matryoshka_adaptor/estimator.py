@@ -7,6 +7,7 @@ imported only by ``fit`` and by ``transform(..., backend="torch")``).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Mapping, Sequence
@@ -318,8 +319,7 @@ class MatryoshkaAdaptor:
                 hard = mine_neighbors(q_unit, sample, min(s["hard_negatives"], len(sample)),
                                       method=self.neighbor_search, progress=self.progress, seed=self.seed,
                                       device=device).indices
-            trainer.w = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["supervised_beta"],
-                                    listwise=s["listwise_weight"], rank=s["gamma"])
+            trainer.w = dataclasses.replace(weights, rec=s["supervised_beta"])
             stage2 = trainer.fit_supervised(unsup, SupervisedData(q_unit, positives, hard), s["supervised_steps"])
             history["supervised"] = stage2.history
             summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,

@@ -33,6 +33,14 @@ def _merge_topk(best_i, best_s, new_i, new_s, k):
     return idx, sc
 
 
+def _neighbours_available(k: int, n_corpus: int, exclude) -> int:
+    """k capped by the corpus size (one row fewer when each query's own row is excluded)."""
+    k_eff = min(k, n_corpus - (1 if exclude is not None else 0))
+    if k_eff <= 0:
+        raise ValueError(f"cannot find {k} neighbours in a corpus of {n_corpus} vectors")
+    return k_eff
+
+
 def exact_topk(
     queries: np.ndarray,
     corpus: np.ndarray,
@@ -50,9 +58,7 @@ def exact_topk(
     when queries are corpus rows), or -1 for none.
     """
     nq, nc = queries.shape[0], corpus.shape[0]
-    k_eff = min(k, nc - (1 if exclude is not None else 0))
-    if k_eff <= 0:
-        raise ValueError(f"cannot find {k} neighbours in a corpus of {nc} vectors")
+    k_eff = _neighbours_available(k, nc, exclude)
     out_i = np.empty((nq, k_eff), dtype=np.int64)
     out_s = np.empty((nq, k_eff), dtype=np.float32)
     bar = tqdm(total=nq, desc=desc, disable=not progress, unit="q")
@@ -100,9 +106,7 @@ def torch_topk(
     import torch
 
     nq, nc = queries.shape[0], corpus.shape[0]
-    k_eff = min(k, nc - (1 if exclude is not None else 0))
-    if k_eff <= 0:
-        raise ValueError(f"cannot find {k} neighbours in a corpus of {nc} vectors")
+    k_eff = _neighbours_available(k, nc, exclude)
     c = torch.as_tensor(np.ascontiguousarray(corpus, dtype=np.float32), device=device)
     out_i = np.empty((nq, k_eff), dtype=np.int64)
     out_s = np.empty((nq, k_eff), dtype=np.float32)
@@ -113,11 +117,11 @@ def torch_topk(
             q = torch.as_tensor(np.ascontiguousarray(queries[qs:qe], dtype=np.float32), device=device)
             best_s = torch.empty((qe - qs, 0), device=device)
             best_i = torch.empty((qe - qs, 0), dtype=torch.long, device=device)
+            ex = None if exclude is None else torch.as_tensor(exclude[qs:qe], device=device)
             for cs in range(0, nc, block_cols):
                 ce = min(cs + block_cols, nc)
                 sc = q @ c[cs:ce].T
-                if exclude is not None:
-                    ex = torch.as_tensor(exclude[qs:qe], device=device)
+                if ex is not None:
                     rows = torch.nonzero((ex >= cs) & (ex < ce)).flatten()
                     sc[rows, ex[rows] - cs] = -torch.inf
                 top = sc.topk(min(k_eff, ce - cs), dim=1)

@@ -191,11 +191,10 @@ class OpenAICompatibleSource:
         url = f"{self.base_url}/embeddings"
         for attempt in range(self.max_retries + 1):
             retry_after = None
+            stats.add(calls=1)
             try:
                 response = self._http().post(url, json=body, headers=self._headers())
-                stats.add(calls=1)
             except httpx.TransportError as exc:  # timeout, refused, reset: worth another try
-                stats.add(calls=1)
                 status, message = None, f"no answer from {url}: {type(exc).__name__}: {self._redact(str(exc))}"
             else:
                 if response.status_code == 200:
