@@ -134,6 +134,10 @@ def test_supervised_fit_runs_two_stages_and_uses_labels():
     assert est.supervised_ and "supervised" in est.history_
     assert est.fit_summary_["supervised"]["steps_run"] > 0
     assert 0 <= est.fit_summary_["supervised"]["best_val_ndcg@10"] <= 1
+    # The raised query share is for unlabeled fits only; the settings record what ran.
+    assert est.settings_["query_fraction"] == 0.0 and est.settings_["dynamic_negatives"] == 16
+    unlabeled = MatryoshkaAdaptor(dims=(4, 8, 16), **{**FAST, "steps": 5}).fit(corpus, queries)
+    assert unlabeled.settings_["query_fraction"] == 0.25
 
 
 def test_learned_rotation_stays_orthogonal_and_round_trips(corpus, tmp_path):

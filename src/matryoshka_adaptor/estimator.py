@@ -35,14 +35,17 @@ from .validation import (
 RECIPES: dict[str, dict] = {
     "paper": dict(init="identity", topk_weight=1.0, alpha=1.0, beta=1.0, supervised_beta=1.0, gamma=1.0,
                   listwise_weight=0.0, rank_scale=1.0, steps=1500, supervised_steps=1000, hard_negatives=0,
-                  learn_rotation=False),
+                  learn_rotation=False, listwise_negatives=0, query_fraction=0.0,
+                  ema_decay=0.0, dynamic_negatives=0),
     # Chosen on a SciFact dev split carved from the train queries (docs/ablations.md).
     "default": dict(init="pca", topk_weight=0.0, alpha=0.0, beta=20.0, supervised_beta=1.0, gamma=1.0,
                     listwise_weight=1.0, rank_scale=20.0, steps=400, supervised_steps=1000, hard_negatives=16,
-                    learn_rotation=True),
+                    learn_rotation=True, listwise_negatives=0, query_fraction=0.25, ema_decay=0.0,
+                    dynamic_negatives=16),
 }
 _RECIPE_KEYS = ("init", "topk_weight", "alpha", "beta", "supervised_beta", "gamma", "listwise_weight",
-                "rank_scale", "steps", "supervised_steps", "hard_negatives", "learn_rotation")
+                "rank_scale", "steps", "supervised_steps", "hard_negatives", "learn_rotation", "listwise_negatives",
+                "query_fraction", "ema_decay", "dynamic_negatives")
 
 
 class NotFittedError(RuntimeError):
@@ -86,6 +89,16 @@ class MatryoshkaAdaptor:
     rank_scale : multiplies cosine differences inside the ranking loss (1 = paper).
     hard_negatives : per labeled query, its top full-dim corpus neighbours added to the supervised
         batch (unjudged ones act as negatives; 0 = random negatives only, as in the paper).
+    listwise_negatives : random corpus rows added to the listwise pool of every unsupervised step
+        (0 = the batch's anchors and their neighbours only).
+    query_fraction : minimum share of query anchors in each batch of an unsupervised fit with
+        (unlabeled) queries: they are usually outnumbered by documents. 0 = draw anchors uniformly,
+        as a supervised fit always does in both stages.
+    dynamic_negatives : per labeled query, its top corpus rows in the current adapted space (mean
+        prefix cosine over the dims), re-mined every ``eval_every`` steps and added to the
+        supervised batch next to the full-dim ``hard_negatives`` (0 = off).
+    ema_decay : exponential moving average of the weights (0 = off); the averaged weights are
+        validated and returned.
     steps, supervised_steps : maximum steps of stage 1 and stage 2 (early stopping may end sooner).
     use_queries : let the unsupervised losses also see query vectors (no labels needed).
     max_fit_vectors : corpus rows sampled for fitting (bigger corpora are sampled, not loaded whole).
@@ -117,6 +130,10 @@ class MatryoshkaAdaptor:
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         random_negatives: int = 64,
+        listwise_negatives: int | None = None,
+        query_fraction: float | None = None,
+        ema_decay: float | None = None,
+        dynamic_negatives: int | None = None,
         hard_negatives: int | None = None,
         validation_fraction: float = 0.1,
         eval_every: int = 100,
@@ -150,6 +167,10 @@ class MatryoshkaAdaptor:
         self.lr = lr
         self.weight_decay = weight_decay
         self.random_negatives = random_negatives
+        self.listwise_negatives = listwise_negatives
+        self.query_fraction = query_fraction
+        self.ema_decay = ema_decay
+        self.dynamic_negatives = dynamic_negatives
         self.hard_negatives = hard_negatives
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
@@ -247,6 +268,10 @@ class MatryoshkaAdaptor:
                 )
         if qrels is not None and queries is None:
             raise InputError("qrels were given without queries; pass the query vectors as well (queries=...).")
+        if qrels is not None:
+            # A raised query share made a worse start for the supervised stage (docs/ablations.md,
+            # round 3): it applies to fits without labels only (and settings_ records what ran).
+            s["query_fraction"] = 0.0
         rng = np.random.default_rng(self.seed)
         torch.manual_seed(self.seed)
         cids = check_ids(corpus_ids, n, name="corpus_ids")
@@ -302,10 +327,12 @@ class MatryoshkaAdaptor:
         trainer = Trainer(
             net, dims, weights, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
             temperature=self.temperature, rank_scale=s["rank_scale"], random_negatives=self.random_negatives,
+            listwise_negatives=s["listwise_negatives"], query_fraction=s["query_fraction"],
+            ema_decay=s["ema_decay"], dynamic_negatives=s["dynamic_negatives"],
             validation_fraction=self.validation_fraction, eval_every=self.eval_every, patience=self.patience,
             seed=self.seed, device=device, progress=self.progress,
         )
-        unsup = UnsupervisedData(sample, anchors, nb_idx, nb_sims)
+        unsup = UnsupervisedData(sample, anchors, nb_idx, nb_sims, corpus_anchors=len(sample))
         stage1 = trainer.fit_unsupervised(unsup, s["steps"])
         history = {"unsupervised": stage1.history}
         last = stage1.history[-1]["val"] if stage1.history else None

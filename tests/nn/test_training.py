@@ -1,7 +1,15 @@
 import numpy as np
+import torch
 
 from matryoshka_adaptor.nn.module import AdaptorNet
-from matryoshka_adaptor.nn.training import LossWeights, Trainer
+from matryoshka_adaptor.nn.training import (
+    EMAWeights,
+    LossWeights,
+    SupervisedData,
+    Trainer,
+    UnsupervisedData,
+    listwise_pool_mask,
+)
 
 
 def make_trainer(positives, hard=None, max_positives=2, random_negatives=3):
@@ -32,3 +40,98 @@ def test_pool_without_hard_negatives():
     t = make_trainer([[(5, 1.0)]], None, random_negatives=4)
     pool, grades, as_j = t._supervised_pool(np.array([0]))
     assert 5 in pool and len(pool) <= 5 and as_j.sum() == 1
+
+
+def test_listwise_mask_hides_each_anchor_from_itself_wherever_it_appears():
+    # anchors: corpus rows 3 and 7, and query anchor 12 (ids >= 10 are queries)
+    anchors = torch.tensor([3, 7, 12])
+    pool_rows = torch.tensor([7, 1, 3, 3, 5])  # neighbours/random rows; row 3 twice, row 7 once
+    mask = listwise_pool_mask(anchors, pool_rows, n_corpus_anchors=10)
+    assert mask.shape == (3, 8)
+    assert not mask[0, 0] and not mask[0, 5] and not mask[0, 6] and mask[0, 3]  # row 3: itself and 2 copies
+    assert not mask[1, 1] and not mask[1, 3] and mask[1, 5]  # row 7: itself and its copy
+    assert not mask[2, 2] and mask[2].sum() == 7  # a query anchor only hides its own position
+
+
+def test_anchor_sampler_keeps_the_query_share():
+    t = Trainer(AdaptorNet(8, 8), (4, 8), LossWeights(), progress=False)
+    t._n_corpus_anchors = 90
+    ids = np.arange(100)  # 90 corpus anchors, 10 queries: a 10 % natural share
+    draws = torch.cat([t._anchor_sampler(ids, 40, 0.25)() for _ in range(20)])
+    assert (draws >= 90).sum().item() == 20 * 10  # exactly a quarter of every batch
+    # below the natural share: uniform draws
+    draws = torch.cat([t._anchor_sampler(ids, 40, 0.05)() for _ in range(50)])
+    assert 0.05 < (draws >= 90).float().mean().item() < 0.2
+
+
+def test_ema_weights_average_and_swap_back():
+    net = AdaptorNet(4, 4)
+    ema = EMAWeights(net, decay=0.5)
+    start = net.layers[0].weight.detach().clone()
+    with torch.no_grad():
+        net.layers[0].weight.add_(1.0)
+    ema.update()
+    raw = net.layers[0].weight.detach().clone()
+    with ema.swapped_in():
+        assert torch.allclose(net.layers[0].weight, start + 0.5)
+    assert torch.equal(net.layers[0].weight, raw)
+    ema.copy_to_model()
+    assert torch.allclose(net.layers[0].weight, start + 0.5)
+
+
+def test_adapted_negatives_are_the_top_docs_by_mean_prefix_cosine():
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    t = Trainer(AdaptorNet(8, 8), (2, 4, 8), LossWeights(), progress=False)  # untrained: identity map
+    t._corpus, t._queries = t._t(corpus), t._t(queries)
+    got = t._mine_adapted_negatives(3, chunk=2)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    mean_cos = np.mean([unit(queries[:, :m]) @ unit(corpus[:, :m]).T for m in (2, 4, 8)], axis=0)
+    expected = np.argsort(-mean_cos, axis=1)[:, :3]
+    assert np.array_equal(np.sort(got, 1), np.sort(expected, 1))
+
+
+def test_remining_adapted_negatives_does_not_freeze_the_learned_rotation():
+    # Re-mining runs a no-grad pass; inside the step's parametrisation cache it would leave the
+    # rotation cached without its graph. Mining before every step must still let the rotation learn.
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((60, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[:12] + 0.3 * rng.standard_normal((12, 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    net = AdaptorNet(8, 8, learn_rotation=True)
+    start = net.rot.weight.detach().clone()
+    t = Trainer(net, (2, 8), LossWeights(topk=0, pair=0, rec=0, rank=1), dynamic_negatives=4, eval_every=1,
+                validation_fraction=0.0, batch_size=8, progress=False)
+    unsup = UnsupervisedData(corpus, corpus, np.zeros((60, 1), dtype=np.int64), np.zeros((60, 1), dtype=np.float32),
+                             corpus_anchors=60)
+    sup = SupervisedData(queries, [[(i, 1.0)] for i in range(12)])
+    t.fit_supervised(unsup, sup, steps=3)
+    assert t._dynamic_hard is not None and t._dynamic_hard.shape == (12, 4)
+    assert not torch.allclose(net.rot.weight, start)
+
+
+def test_listwise_negatives_widen_the_pool():
+    rng = np.random.default_rng(1)
+    corpus = rng.standard_normal((30, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    nb_idx = np.stack([(np.arange(30) + 1) % 30, (np.arange(30) + 2) % 30], 1)
+    nb_sims = np.einsum("nd,nkd->nk", corpus, corpus[nb_idx]).astype(np.float32)
+    values = []
+    for extra in (0, 20):
+        torch.manual_seed(0)  # the same network both times: only the pool differs
+        net = AdaptorNet(8, 8)
+        with torch.no_grad():
+            net.layers[-1].weight.normal_(0, 0.3)  # a non-identity map, so prefix rankings differ
+        t = Trainer(net, (2, 8), LossWeights(topk=0, pair=0, rec=0, listwise=1), listwise_negatives=extra,
+                    progress=False)
+        t._corpus, t._anchors, t._n_corpus_anchors = t._t(corpus), t._t(corpus), 30
+        t._nb_idx, t._nb_sims = t._t(nb_idx, torch.long), t._t(nb_sims)
+        loss, parts = t._unsupervised_loss(torch.arange(4))
+        loss.backward()
+        values.append(parts["listwise"].item())
+    assert values[0] != values[1] and all(np.isfinite(values))

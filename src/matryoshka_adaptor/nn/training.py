@@ -11,6 +11,7 @@ while the ranking the user cares about stops improving:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class UnsupervisedData:
     anchors: np.ndarray  # (a, d) unit vectors
     neighbor_idx: np.ndarray  # (a, k) rows of corpus
     neighbor_sims: np.ndarray  # (a, k) full-dim cosines
+    corpus_anchors: int = 0  # the first anchors are corpus rows 0, 1, ... (the rest: queries)
 
 
 @dataclass
@@ -59,6 +61,48 @@ class TrainState:
     best_score: float = -math.inf
     initial_score: float | None = None
     steps_run: int = 0
+
+
+def listwise_pool_mask(anchor_ids: torch.Tensor, pool_rows: torch.Tensor, n_corpus_anchors: int) -> torch.Tensor:
+    """(B, B + P) candidates valid for each anchor in the pool [anchors, corpus rows ``pool_rows``].
+
+    Anchor ids below ``n_corpus_anchors`` are corpus rows; the rest are queries. An anchor's own
+    vector, met as itself or as its corpus row in another anchor's neighbour list, is masked out:
+    it would take most of the target mass and teach nothing.
+    """
+    anchor_key = torch.where(anchor_ids < n_corpus_anchors, anchor_ids, -1 - anchor_ids)
+    pool_key = torch.cat([anchor_key, pool_rows])
+    return pool_key[None, :] != anchor_key[:, None]
+
+
+class EMAWeights:
+    """Exponential moving average of a module's parameters, swapped in for evaluation."""
+
+    def __init__(self, net: torch.nn.Module, decay: float):
+        self.net = net
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in net.named_parameters()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.net.named_parameters():
+            self.shadow[n].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for n, p in self.net.named_parameters():
+            p.copy_(self.shadow[n])
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        raw = {n: p.detach().clone() for n, p in self.net.named_parameters()}
+        self.copy_to_model()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.net.named_parameters():
+                    p.copy_(raw[n])
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +126,10 @@ class Trainer:
         temperature: float = 0.05,
         rank_scale: float = 1.0,
         random_negatives: int = 64,
+        listwise_negatives: int = 0,
+        query_fraction: float = 0.0,
+        ema_decay: float = 0.0,
+        dynamic_negatives: int = 0,
         max_positives: int = 8,
         validation_fraction: float = 0.1,
         eval_every: int = 100,
@@ -99,6 +147,10 @@ class Trainer:
         self.temperature = temperature
         self.rank_scale = rank_scale
         self.random_negatives = random_negatives
+        self.listwise_negatives = listwise_negatives
+        self.query_fraction = query_fraction
+        self.ema_decay = ema_decay
+        self.dynamic_negatives = dynamic_negatives
         self.max_positives = max_positives
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
@@ -106,6 +158,8 @@ class Trainer:
         self.device = device
         self.progress = progress
         self.rng = np.random.default_rng(seed)
+        self._hard: np.ndarray | None = None
+        self._dynamic_hard: np.ndarray | None = None
         self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     # ----------------------------------------------------------------- helpers
@@ -115,12 +169,38 @@ class Trainer:
     def _randint(self, high: int, size: int) -> torch.Tensor:
         return torch.randint(high, (size,), generator=self.gen).to(self.device)
 
+    def _anchor_sampler(self, ids: np.ndarray, size: int, query_fraction: float):
+        """Draws a batch of anchor ids, at least a ``query_fraction`` share of them query anchors.
+
+        Queries are often few next to documents (566 vs 5,183 on SciFact), yet query -> document
+        order is what retrieval needs; a minimum share keeps them from being drowned out. Where
+        queries already make up that share, anchors are drawn uniformly.
+        """
+        is_query = ids >= self._n_corpus_anchors
+        groups = [self._t(ids, torch.long)]
+        n_query = 0
+        if 0 < is_query.mean() < query_fraction:
+            n_query = max(1, int(round(query_fraction * size)))
+            groups = [self._t(ids[~is_query], torch.long), self._t(ids[is_query], torch.long)]
+
+        def draw() -> torch.Tensor:
+            if n_query == 0:
+                return groups[0][self._randint(len(groups[0]), size)]
+            docs, queries = groups
+            return torch.cat([docs[self._randint(len(docs), size - n_query)],
+                              queries[self._randint(len(queries), n_query)]])
+
+        return draw
+
     def _unsupervised_loss(self, anchor_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
         a = self._anchors[anchor_ids]
         nb_idx = self._nb_idx[anchor_ids]  # (B, k)
         b, k = nb_idx.shape
-        nb = self._corpus[nb_idx.reshape(-1)]
-        adapted, z = self.net(torch.cat([a, nb]))
+        rows = [nb_idx.reshape(-1)]
+        if self.w.listwise and self.listwise_negatives:
+            rows.append(self._randint(self._corpus.shape[0], self.listwise_negatives))
+        pool_rows = torch.cat(rows)
+        adapted, z = self.net(torch.cat([a, self._corpus[pool_rows]]))
         ad_a, z_a = adapted[:b], z[:b]
         # Targets are full-dim cosines: constants (a learned rotation leaves them unchanged).
         z_const = z.detach()
@@ -128,7 +208,8 @@ class Trainer:
         parts = {}
         total = adapted.new_zeros(())
         if self.w.topk:
-            parts["topk"] = losses.topk_similarity_loss(ad_a, adapted[b:].view(b, k, -1), self._nb_sims[anchor_ids], self.dims)
+            parts["topk"] = losses.topk_similarity_loss(ad_a, adapted[b : b + b * k].view(b, k, -1),
+                                                        self._nb_sims[anchor_ids], self.dims)
             total = total + self.w.topk * parts["topk"]
         if self.w.pair:
             parts["pair"] = losses.pairwise_similarity_loss(ad_a, z_a_const @ z_a_const.T, self.dims)
@@ -137,10 +218,10 @@ class Trainer:
             parts["rec"] = losses.reconstruction_loss(adapted, z)
             total = total + self.w.rec * parts["rec"]
         if self.w.listwise:
-            # Pool = the batch's anchors and all their neighbours: each anchor's own top-k
-            # are the positives, the others' neighbours are hard negatives.
-            mask = torch.ones(b, adapted.shape[0], dtype=torch.bool, device=self.device)
-            mask[torch.arange(b), torch.arange(b)] = False
+            # Pool = the batch's anchors, all their neighbours and `listwise_negatives` random corpus
+            # rows: each anchor's own top-k are the positives, the others' neighbours are hard
+            # negatives, the random rows stand for the rest of the corpus.
+            mask = listwise_pool_mask(anchor_ids, pool_rows, self._n_corpus_anchors)
             parts["listwise"] = losses.listwise_distillation_loss(
                 ad_a, adapted, z_a_const @ z_const.T, self.dims, temperature=self.temperature, mask=mask
             )
@@ -167,6 +248,8 @@ class Trainer:
         other_rows = self.rng.integers(0, self._corpus.shape[0], size=self.random_negatives).tolist()
         if self._hard is not None:
             other_rows += self._hard[query_ids].reshape(-1).tolist()
+        if self._dynamic_hard is not None:
+            other_rows += self._dynamic_hard[query_ids].reshape(-1).tolist()
         pool_rows = np.unique(np.asarray([r for rows in sampled for r in rows] + other_rows, dtype=np.int64))
         col = {int(r): j for j, r in enumerate(pool_rows)}
         grades = np.zeros((len(query_ids), len(pool_rows)), dtype=np.float32)
@@ -236,16 +319,42 @@ class Trainer:
         self.net.train()
         return float(np.mean(scores))
 
+    @torch.no_grad()
+    def _mine_adapted_negatives(self, h: int, chunk: int = 128) -> np.ndarray:
+        """Each query's top-h corpus rows by its mean m-prefix cosine in the *current* adapted space.
+
+        Full-dim hard negatives are the documents the original model confuses; the ones that
+        confuse short prefixes are different, and move as training goes, so they are re-mined
+        every `eval_every` steps (as ANCE does for dense retrievers).
+        """
+        self.net.eval()
+        corpus = self._adapt_all(self._corpus)
+        queries = self._adapt_all(self._queries)
+        out = []
+        for s in range(0, queries.shape[0], chunk):
+            scores = losses.prefix_cosine_matrix(queries[s : s + chunk], corpus, self.dims).mean(0)
+            out.append(scores.topk(min(h, corpus.shape[0]), dim=1).indices.cpu().numpy())
+        self.net.train()
+        return np.concatenate(out)
+
     # ------------------------------------------------------------------- stages
-    def _loop(self, steps: int, step_fn, val_fn, desc: str, *, early_stopping: bool = True) -> TrainState:
+    def _loop(self, steps: int, step_fn, val_fn, desc: str, *, early_stopping: bool = True,
+              before_step=None) -> TrainState:
         state = TrainState()
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         best = copy.deepcopy(self.net.state_dict())
         state.best_score = val_fn() if val_fn else -math.inf
         state.initial_score = state.best_score if val_fn else None
         bad_evals = 0
+        # Exponential moving average of the weights (Polyak averaging): the averaged weights are
+        # the ones validated, kept and returned; the raw ones only take the optimiser's steps.
+        ema = EMAWeights(self.net, self.ema_decay) if self.ema_decay else None
         bar = tqdm(range(1, steps + 1), desc=desc, disable=not self.progress, unit="step")
         for step in bar:
+            if before_step is not None:
+                # Outside the cache below: a no-grad pass inside it would leave the rotation
+                # cached without its graph, and that step's loss would not train it.
+                before_step(step)
             # One rotation per step: a parametrised (orthogonal) weight is computed once and
             # reused by every forward pass of the step instead of once per pass.
             with parametrize.cached():
@@ -253,16 +362,20 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update()
             state.steps_run = step
             if step % 20 == 0 or step == 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}", best=f"{state.best_score:.4f}")
             if val_fn and (step % self.eval_every == 0 or step == steps):
-                score = val_fn()
+                with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                    score = val_fn()
+                    if score > state.best_score + 1e-5:
+                        best = copy.deepcopy(self.net.state_dict())
                 state.history.append({"step": step, "loss": float(loss.item()), "val": score,
                                       **{k: float(v.item()) for k, v in parts.items()}})
                 if score > state.best_score + 1e-5:
                     state.best_score, state.best_step, bad_evals = score, step, 0
-                    best = copy.deepcopy(self.net.state_dict())
                 else:
                     bad_evals += 1
                     if early_stopping and bad_evals >= self.patience:
@@ -271,21 +384,24 @@ class Trainer:
         if val_fn and early_stopping:
             self.net.load_state_dict(best)
         else:
+            if ema is not None:
+                ema.copy_to_model()
             state.best_step = state.steps_run
         return state
 
     def fit_unsupervised(self, data: UnsupervisedData, steps: int) -> TrainState:
         self._corpus = self._t(data.corpus)
         self._anchors = self._t(data.anchors)
+        self._n_corpus_anchors = data.corpus_anchors
         self._nb_idx = self._t(data.neighbor_idx, torch.long)
         self._nb_sims = self._t(data.neighbor_sims)
         train_ids, val_ids = _split(len(data.anchors), self.validation_fraction, self.rng, cap=512)
-        train_t = self._t(train_ids, torch.long)
         val_t = self._t(val_ids, torch.long)
         bs = min(self.batch_size, len(train_ids))
+        draw = self._anchor_sampler(train_ids, bs, self.query_fraction)
 
         def step():
-            return self._unsupervised_loss(train_t[self._randint(len(train_ids), bs)])
+            return self._unsupervised_loss(draw())
 
         val = (lambda: self._neighbor_recall(val_t)) if len(val_ids) else None
         # Held-out neighbour recall is logged, not used to stop: in docs/ablations.md it did not
@@ -296,25 +412,34 @@ class Trainer:
         """Stage 2: gamma * L_rank on labeled queries plus the unsupervised terms on queries and corpus."""
         self._corpus = self._t(unsup.corpus)
         self._anchors = self._t(unsup.anchors)
+        self._n_corpus_anchors = unsup.corpus_anchors
         self._nb_idx = self._t(unsup.neighbor_idx, torch.long)
         self._nb_sims = self._t(unsup.neighbor_sims)
         self._queries = self._t(sup.queries)
         self._positives = sup.positives
         self._hard = sup.hard_negatives
+        self._dynamic_hard = None
         labeled = np.flatnonzero([len(p) > 0 for p in sup.positives])
         train_q, val_q = _split(len(labeled), self.validation_fraction, self.rng, cap=1000)
         train_q, val_q = labeled[train_q], labeled[val_q]
         bs = min(self.batch_size, len(train_q))
         n_anchors = len(unsup.anchors)
+        # Uniform anchors here: a raised query share lowered dev nDCG in this stage (docs/ablations.md).
+        draw_anchors = self._anchor_sampler(np.arange(n_anchors), min(self.batch_size, n_anchors), 0.0)
+
+        def remine(step: int) -> None:
+            if (step - 1) % self.eval_every == 0:
+                self._dynamic_hard = self._mine_adapted_negatives(self.dynamic_negatives)
 
         def step():
             q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
             loss, parts = self._supervised_loss(q)
             if any((self.w.topk, self.w.pair, self.w.rec, self.w.listwise)):
-                u_loss, u_parts = self._unsupervised_loss(self._randint(n_anchors, min(self.batch_size, n_anchors)))
+                u_loss, u_parts = self._unsupervised_loss(draw_anchors())
                 loss = loss + u_loss
                 parts.update(u_parts)
             return loss, parts
 
         val = (lambda: self._query_ndcg(val_q)) if len(val_q) else None
-        return self._loop(steps, step, val, "fit (supervised)")
+        return self._loop(steps, step, val, "fit (supervised)",
+                          before_step=remine if self.dynamic_negatives else None)
