@@ -150,3 +150,12 @@ def test_learned_rotation_stays_orthogonal_and_round_trips(corpus, tmp_path):
     np.testing.assert_allclose(est.transform(corpus, 8), est.transform(corpus, 8, backend="torch"), atol=1e-5)
     est.save(tmp_path / "ad")
     np.testing.assert_array_equal(MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8), est.transform(corpus, 8))
+
+
+def test_every_recipe_sets_the_same_parameters_of_init():
+    from matryoshka_adaptor.estimator import _RECIPE_KEYS, RECIPES
+
+    params = set(MatryoshkaAdaptor._param_names())
+    for recipe in RECIPES.values():
+        assert set(recipe) == set(_RECIPE_KEYS)
+        assert set(recipe) <= params

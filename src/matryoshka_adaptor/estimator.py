@@ -43,9 +43,8 @@ RECIPES: dict[str, dict] = {
                     learn_rotation=True, listwise_negatives=0, query_fraction=0.25, ema_decay=0.0,
                     dynamic_negatives=16),
 }
-_RECIPE_KEYS = ("init", "topk_weight", "alpha", "beta", "supervised_beta", "gamma", "listwise_weight",
-                "rank_scale", "steps", "supervised_steps", "hard_negatives", "learn_rotation", "listwise_negatives",
-                "query_fraction", "ema_decay", "dynamic_negatives")
+# The parameters a recipe sets (every recipe sets all of them); an explicit value overrides the recipe's.
+_RECIPE_KEYS = tuple(RECIPES["default"])
 
 
 class NotFittedError(RuntimeError):

@@ -370,11 +370,12 @@ class Trainer:
             if val_fn and (step % self.eval_every == 0 or step == steps):
                 with ema.swapped_in() if ema is not None else contextlib.nullcontext():
                     score = val_fn()
-                    if score > state.best_score + 1e-5:
+                    improved = score > state.best_score + 1e-5
+                    if improved:  # inside: with EMA on, the averaged weights are the ones kept
                         best = copy.deepcopy(self.net.state_dict())
                 state.history.append({"step": step, "loss": float(loss.item()), "val": score,
                                       **{k: float(v.item()) for k, v in parts.items()}})
-                if score > state.best_score + 1e-5:
+                if improved:
                     state.best_score, state.best_step, bad_evals = score, step, 0
                 else:
                     bad_evals += 1
