@@ -4,8 +4,8 @@ Importing the package does not import torch: applying a fitted adaptor needs num
 """
 
 from ._version import __version__
-from .estimator import MatryoshkaAdaptor, NotFittedError
-from .persistence import AdaptorFileError
-from .validation import InputError
+from .errors import AdaptorFileError, InputError, MatryoshkaError, NotFittedError, UpstreamError
+from .estimator import MatryoshkaAdaptor
 
-__all__ = ["MatryoshkaAdaptor", "InputError", "AdaptorFileError", "NotFittedError", "__version__"]
+__all__ = ["MatryoshkaAdaptor", "MatryoshkaError", "InputError", "AdaptorFileError", "NotFittedError",
+           "UpstreamError", "__version__"]

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from .validation import InputError
+from .errors import InputError
 
 app = typer.Typer(
     help="Matryoshka-Adaptor: shrink frozen embeddings to small dimensions without losing retrieval quality.",
@@ -212,7 +212,7 @@ def embed(
     Example: OPENAI_API_KEY=... matryoshka-adaptor embed --provider openai --model text-embedding-3-large
     --input corpus.jsonl --out corpus.npy
     """
-    from .embed.openai_api import UpstreamError
+    from .errors import UpstreamError
     from .embed.sources import default_cache_path, make_source
     from .embed.texts import read_texts
     from .formats import file_kind, write_embeddings

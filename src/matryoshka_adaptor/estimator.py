@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import NotFittedError
 from . import persistence
 from ._version import __version__
 from .inference import NumpyAdaptor
@@ -45,10 +46,6 @@ RECIPES: dict[str, dict] = {
 }
 # The parameters a recipe sets (every recipe sets all of them); an explicit value overrides the recipe's.
 _RECIPE_KEYS = tuple(RECIPES["default"])
-
-
-class NotFittedError(RuntimeError):
-    """The adaptor has not been fitted (or loaded) yet."""
 
 
 def default_dims(input_dim: int) -> tuple[int, ...]:

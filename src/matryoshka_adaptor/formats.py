@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import InputError
+from .errors import InputError
 
 SUFFIXES = (".npy", ".npz", ".parquet")
 DEFAULT_EMBEDDING_COLUMN = "embedding"

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import InputError
+from .errors import AdaptorFileError, InputError
 
 FORMAT_NAME = "matryoshka-adaptor"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class AdaptorFileError(InputError):
-    """The path is not a readable adaptor folder of a supported format version."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

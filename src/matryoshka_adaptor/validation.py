@@ -10,9 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-
-class InputError(ValueError):
-    """Raised for input that cannot be used as given; the message says how to fix it."""
+from .errors import InputError  # noqa: F401  (re-exported: raised by every check here)
 
 
 def check_embeddings(

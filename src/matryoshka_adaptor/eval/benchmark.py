@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed
-from ..validation import InputError, check_dims
+from ..errors import InputError
+from ..validation import check_dims
 from .datasets import BeirDataset, resolve_dataset
 from .methods import FitData, make_method
 from .metrics import evaluate_run

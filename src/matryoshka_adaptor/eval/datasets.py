@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..validation import InputError
+from ..errors import InputError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 DEFAULT_CACHE = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "matryoshka-adaptor"))

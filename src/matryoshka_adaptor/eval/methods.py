@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..estimator import MatryoshkaAdaptor
-from ..validation import InputError, l2_normalize
+from ..errors import InputError
+from ..validation import l2_normalize
 
 
 @dataclass

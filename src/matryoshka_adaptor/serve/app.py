@@ -29,8 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
-from ..embed.openai_api import UpstreamError, approx_tokens
-from ..validation import InputError
+from ..embed.openai_api import approx_tokens
+from ..errors import InputError, UpstreamError
 from .batching import MicroBatcher
 
 log = logging.getLogger("matryoshka_adaptor.serve")

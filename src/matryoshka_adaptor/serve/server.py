@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from ..embed.sources import SentenceTransformerSource, model_short_name
-from ..validation import InputError
+from ..errors import InputError
 from .app import ServerLimits, create_app
 
 

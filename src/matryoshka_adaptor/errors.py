@@ -1,0 +1,31 @@
+"""Every error a user of the library or the command line can cause, in one place.
+
+The command line turns any :class:`MatryoshkaError` into one ``error: ...`` line and a
+non-zero exit code; each message says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class MatryoshkaError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class InputError(MatryoshkaError, ValueError):
+    """Input that cannot be used as given (arrays, files, parameters); the message says how to fix it."""
+
+
+class AdaptorFileError(InputError):
+    """The path is not a readable adaptor folder of a supported format version."""
+
+
+class NotFittedError(MatryoshkaError, RuntimeError):
+    """The adaptor has not been fitted (or loaded) yet."""
+
+
+class UpstreamError(MatryoshkaError, RuntimeError):
+    """The embedding endpoint refused or failed; ``status`` is its HTTP status (None: no answer)."""
+
+    def __init__(self, status: int | None, message: str):
+        super().__init__(message)
+        self.status = status
