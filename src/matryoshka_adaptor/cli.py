@@ -1,22 +1,109 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``."""
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``.
+
+Every failure a user can cause ends as one ``error: ...`` line and a non-zero exit code
+(2: bad input or an unusable path, 130: interrupted, 1: anything unexpected); the Python
+traceback is shown only with ``--debug`` or ``MA_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-from .errors import InputError
+from .errors import InputError, MatryoshkaError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+EXIT_UNEXPECTED = 1
+DEBUG_ENV = "MA_DEBUG"
+
+
+def _debug_enabled(ctx) -> bool:
+    return bool((ctx.obj or {}).get("debug")) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """The ``error:`` line and exit code for an exception that reached the command line."""
+    from .atomic import describe_os_error
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; outputs already on disk are unchanged and a rerun resumes where it can.", EXIT_INTERRUPTED
+    if isinstance(exc, MatryoshkaError):
+        return str(exc), EXIT_USER_ERROR
+    if isinstance(exc, ImportError):
+        return f"a needed package is missing ({exc}); install the extra it belongs to, e.g. " \
+               "`pip install 'matryoshka-adaptor[all]'`.", EXIT_USER_ERROR
+    if isinstance(exc, MemoryError):
+        return "out of memory; use a smaller --chunk-rows / --max-fit-vectors / --batch-size.", EXIT_USER_ERROR
+    if isinstance(exc, OSError):
+        return describe_os_error(exc), EXIT_USER_ERROR
+    return (f"unexpected {type(exc).__name__}: {exc}. Rerun with --debug (or {DEBUG_ENV}=1) for the traceback "
+            "and report it."), EXIT_UNEXPECTED
+
+
+class _UserErrorGroup(TyperGroup):
+    """Runs every command under one handler: a failure becomes one ``error:`` line and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except BaseException as exc:
+            if type(exc).__module__.split(".")[0] in ("click", "typer") and not isinstance(exc, KeyboardInterrupt):
+                raise  # usage errors: click prints them itself
+            if _debug_enabled(ctx):
+                raise
+            message, code = describe_failure(exc)
+            typer.echo(f"error: {_one_line(message)}", err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
+    cls=_UserErrorGroup,
     help="Matryoshka-Adaptor: shrink frozen embeddings to small dimensions without losing retrieval quality.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help=f"Show the full traceback of a failure (or set {DEBUG_ENV}=1)."),
+):
+    ctx.obj = {"debug": debug}
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (kill, systemd, Kubernetes) like Ctrl-C, so the same clean-up runs:
+    temporary files are removed and paid-for embeddings are committed to the cache."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner's worker): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _int_list(text: Optional[str]) -> Optional[list[int]]:
@@ -28,16 +115,23 @@ def _int_list(text: Optional[str]) -> Optional[list[int]]:
         raise InputError(f"expected comma-separated integers such as 64,128,256; got {text!r}.") from None
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
-
 def _read_ids_json(path: Optional[Path]) -> tuple[Optional[list[str]], Optional[list[str]]]:
     if path is None:
         return None, None
-    ids = json.loads(path.read_text())
-    return ids.get("corpus_ids"), ids.get("query_ids")
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); --ids needs {{\"corpus_ids\": [...], \"query_ids\": [...]}}.") from exc
+    if not isinstance(ids, dict):
+        raise InputError(f"{path} holds a JSON {type(ids).__name__}; --ids needs an object "
+                         '{"corpus_ids": [...], "query_ids": [...]}.')
+    out = []
+    for key in ("corpus_ids", "query_ids"):
+        value = ids.get(key)
+        if value is not None and (not isinstance(value, list) or any(v is None or isinstance(v, (dict, list)) for v in value)):
+            raise InputError(f"{path}: {key!r} must be a list of ids (strings or numbers), one per row.")
+        out.append(value)
+    return out[0], out[1]
 
 
 @app.command()
@@ -62,40 +156,50 @@ def fit(
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow --out to be a folder that holds other files "
+                                   "(they are kept; only config.json and model.safetensors are written)."),
 ):
     """Fit an adaptor on corpus embeddings and save it as a folder.
 
+    --out may be new, empty or an earlier adaptor (its two files are replaced; other files in it are kept).
+
     Example: matryoshka-adaptor fit corpus.npy --out my-adaptor/ --dims 32,64,128,256
     """
+    from . import persistence
+    from .atomic import staging_folder
     from .estimator import MatryoshkaAdaptor
     from .eval.datasets import read_qrels
     from .formats import read_embeddings
 
-    try:
-        x, file_cids = read_embeddings(corpus, column=column)
-        cids, qids = _read_ids_json(ids)
-        cids = cids or file_cids
-        q = None
-        labels = None
-        if queries is not None:
-            q, file_qids = read_embeddings(queries, column=column)
-            qids = qids or file_qids
-        if qrels is not None:
-            if q is None:
-                raise InputError("--qrels needs --queries (the query embeddings the qrels refer to).")
-            labels = read_qrels(qrels)
-            if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
-                known = set(map(str, qids))
-                labels = {k_: v for k_, v in labels.items() if k_ in known}
-        est = MatryoshkaAdaptor(
-            dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
-            hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
-            neighbor_search=neighbor_search, seed=seed, device=device, progress=not quiet, base_model=base_model,
-        )
+    persistence.check_save_target(out, overwrite=overwrite)  # before any training
+    for given in (corpus, queries):
+        if given is not None and given.resolve() == out.resolve():
+            raise InputError(f"--out {out} is the input file {given}; choose a new folder for the adaptor.")
+    x, file_cids = read_embeddings(corpus, column=column)
+    cids, qids = _read_ids_json(ids)
+    cids = cids or file_cids
+    q = None
+    labels = None
+    if queries is not None:
+        q, file_qids = read_embeddings(queries, column=column)
+        qids = qids or file_qids
+    if qrels is not None:
+        if q is None:
+            raise InputError("--qrels needs --queries (the query embeddings the qrels refer to).")
+        labels = read_qrels(qrels)
+        if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
+            known = set(map(str, qids))
+            labels = {k_: v for k_, v in labels.items() if k_ in known}
+    est = MatryoshkaAdaptor(
+        dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
+        hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
+        neighbor_search=neighbor_search, seed=seed, device=device, progress=not quiet, base_model=base_model,
+    )
+    with _sigterm_as_interrupt():
         est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
-        est.save(out)
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+        with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
+            est.save(staging / "adaptor")
+            persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
     s = est.fit_summary_
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
 
@@ -108,7 +212,7 @@ def transform(
     dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (default: full)."),
     column: Optional[str] = typer.Option(None, help="Embedding column of Parquet/npz input (default: embedding)."),
     id_column: Optional[str] = typer.Option(None, help="Id column of Parquet input (default: id)."),
-    chunk_rows: int = typer.Option(8192, help="Rows per chunk: bounds memory for inputs larger than RAM."),
+    chunk_rows: int = typer.Option(8192, help="Rows per chunk (>= 1): bounds memory for inputs larger than RAM."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Apply an adaptor: adapted vectors, cut to --dim and L2-normalised, streamed in chunks (numpy only).
@@ -116,10 +220,14 @@ def transform(
     Example: matryoshka-adaptor transform my-adaptor/ corpus.npy corpus-64.npy --dim 64
     """
     from .estimator import MatryoshkaAdaptor
-    from .formats import transform_file
-    from .validation import check_embeddings, check_output_dim
+    from .formats import check_distinct_paths, check_writable, file_kind, transform_file
+    from .validation import check_chunk_rows, check_embeddings, check_output_dim
 
-    try:
+    check_chunk_rows(chunk_rows)
+    file_kind(output)
+    check_distinct_paths(input, output)
+    check_writable(output)
+    with _sigterm_as_interrupt():
         est = MatryoshkaAdaptor.load(adaptor)
         dim = check_output_dim(dim, est.input_dim_)
         np_adaptor = est._numpy_adaptor()
@@ -130,8 +238,6 @@ def transform(
 
         n = transform_file(input, output, apply, dim, column=column, id_column=id_column,
                            chunk_rows=chunk_rows, progress=not quiet)
-    except InputError as exc:
-        _fail(exc)
     typer.echo(f"wrote {n} x {dim} vectors to {output}")
 
 
@@ -142,12 +248,10 @@ def info(adaptor: Path = typer.Argument(..., help="Adaptor folder.")):
     Example: matryoshka-adaptor info my-adaptor/
     """
     from .estimator import MatryoshkaAdaptor
+    from .persistence import dumps_json
 
-    try:
-        est = MatryoshkaAdaptor.load(adaptor)
-    except InputError as exc:
-        _fail(exc)
-    typer.echo(json.dumps(est.info(), indent=2))
+    est = MatryoshkaAdaptor.load(adaptor)
+    typer.echo(dumps_json(est.info()))  # strict JSON: non-finite numbers are null
 
 
 @app.command()
@@ -175,16 +279,13 @@ def benchmark(
     from .eval.benchmark import BenchmarkConfig, run_benchmark
     from .eval.report import markdown_table, write_report
 
-    try:
-        cfg = BenchmarkConfig(
-            dataset=dataset, model=model, embeddings=str(embeddings) if embeddings else None,
-            dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-            seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
-            cache=str(cache) if cache else None, adaptor_params=json.loads(adaptor_params) if adaptor_params else {},
-        )
-        result = run_benchmark(cfg, progress=not quiet)
-    except (InputError, ImportError, json.JSONDecodeError) as exc:
-        _fail(exc)
+    cfg = BenchmarkConfig(
+        dataset=dataset, model=model, embeddings=str(embeddings) if embeddings else None,
+        dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
+        cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
+    )
+    result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -204,6 +305,9 @@ def embed(
     max_batch_tokens: int = typer.Option(100_000, help="Estimated tokens per request (openai)."),
     concurrency: int = typer.Option(4, help="Requests in flight at once (openai)."),
     max_retries: int = typer.Option(8, help="Retries per request on 429, 5xx and timeouts (openai)."),
+    max_in_flight_texts: Optional[int] = typer.Option(
+        None, help="Most texts sent but not yet cached at any moment (openai): what a hard kill (kill -9, power "
+                   "loss) can make a rerun pay again. Default: concurrency x batch size."),
     cache: Optional[Path] = typer.Option(None, help="SQLite vector cache (default ~/.cache/matryoshka-adaptor/embeddings.sqlite)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -212,29 +316,32 @@ def embed(
     Example: OPENAI_API_KEY=... matryoshka-adaptor embed --provider openai --model text-embedding-3-large
     --input corpus.jsonl --out corpus.npy
     """
-    from .errors import UpstreamError
+    from .atomic import atomic_write_bytes, check_writable
     from .embed.sources import default_cache_path, make_source
     from .embed.texts import read_texts
     from .formats import file_kind, write_embeddings
-    from .persistence import atomic_write_bytes
 
-    try:
-        ids, texts = read_texts(input, text_field=text_field)
-        kind = file_kind(out)
-        if provider == "openai":
-            options = dict(base_url=base_url, api_key_env=api_key_env, dimensions=dimensions, batch_size=batch_size,
-                           max_batch_tokens=max_batch_tokens, concurrency=concurrency, max_retries=max_retries)
-        else:
-            if dimensions is not None:
-                raise InputError("--dimensions applies to --provider openai; fit an adaptor to shrink local vectors.")
-            options = dict(batch_size=batch_size)
-        source = make_source(provider, model, cache_path=cache or default_cache_path(), **options)
+    kind = file_kind(out)
+    ids_path = Path(f"{out}.ids.json")
+    for target in (out, ids_path) if kind == "npy" else (out,):
+        check_writable(target)  # before paying for a single text
+    if out.resolve() == input.resolve():
+        raise InputError(f"--out {out} is the input file; choose a new path.")
+    ids, texts = read_texts(input, text_field=text_field)
+    if provider == "openai":
+        options = dict(base_url=base_url, api_key_env=api_key_env, dimensions=dimensions, batch_size=batch_size,
+                       max_batch_tokens=max_batch_tokens, concurrency=concurrency, max_retries=max_retries,
+                       max_in_flight_texts=max_in_flight_texts)
+    else:
+        if dimensions is not None:
+            raise InputError("--dimensions applies to --provider openai; fit an adaptor to shrink local vectors.")
+        options = dict(batch_size=batch_size)
+    source = make_source(provider, model, cache_path=cache or default_cache_path(), **options)
+    with _sigterm_as_interrupt():
         vectors = source.encode(texts, progress=not quiet)
         write_embeddings(out, vectors, ids if kind != "npy" else None)
         if kind == "npy":
-            atomic_write_bytes(Path(f"{out}.ids.json"), json.dumps({"ids": ids}).encode())
-    except (InputError, UpstreamError, ImportError) as exc:
-        _fail(exc)
+            atomic_write_bytes(ids_path, json.dumps({"ids": ids}).encode())
     stats = getattr(source, "last_stats", None)
     if stats is not None:
         typer.echo(stats.summary())
@@ -268,24 +375,33 @@ def serve(
     import os
 
     try:
-        try:
-            from .serve.server import build_app, run_server
-        except ImportError as exc:
-            raise ImportError(f"serving needs FastAPI and uvicorn ({exc}); `pip install 'matryoshka-adaptor[serve]'`.") from exc
-        if api_key_env and not os.environ.get(api_key_env):
-            raise InputError(f"--api-key-env {api_key_env}: that environment variable is empty or unset.")
-        app_, name = build_app(
-            adaptor=adaptor, upstream=upstream, upstream_model=upstream_model,
-            upstream_api_key_env=upstream_api_key_env, local_model=local_model, served_model_name=served_model_name,
-            api_key=os.environ.get(api_key_env) if api_key_env else None, max_inputs=max_inputs,
-            max_text_chars=max_text_chars, max_batch_texts=max_batch_texts, batch_window_ms=batch_window_ms,
-            upstream_retries=upstream_retries, upstream_timeout=upstream_timeout,
-            inject_failures=_int_list(inject_failures) or [],
-        )
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+        from .serve.server import build_app, run_server
+    except ImportError as exc:
+        raise ImportError(f"serving needs FastAPI and uvicorn ({exc}); `pip install 'matryoshka-adaptor[serve]'`.") from exc
+    if api_key_env and not os.environ.get(api_key_env):
+        raise InputError(f"--api-key-env {api_key_env}: that environment variable is empty or unset.")
+    app_, name = build_app(
+        adaptor=adaptor, upstream=upstream, upstream_model=upstream_model,
+        upstream_api_key_env=upstream_api_key_env, local_model=local_model, served_model_name=served_model_name,
+        api_key=os.environ.get(api_key_env) if api_key_env else None, max_inputs=max_inputs,
+        max_text_chars=max_text_chars, max_batch_texts=max_batch_texts, batch_window_ms=batch_window_ms,
+        upstream_retries=upstream_retries, upstream_timeout=upstream_timeout,
+        inject_failures=_int_list(inject_failures) or [],
+    )
     typer.echo(f"serving {name!r} on http://{host}:{port}/v1 (adaptor: {adaptor or 'none, pass-through'})", err=True)
     run_server(app_, host=host, port=port, log_level=log_level)
+
+
+def _json_object(text: Optional[str], option: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{option} is not valid JSON ({exc}); give an object such as '{{\"steps\": 800}}'.") from exc
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object such as '{{\"steps\": 800}}'; got {text!r}.")
+    return value
 
 
 def main() -> None:

@@ -7,18 +7,21 @@ place, so an interrupted job never leaves a truncated file under the final name.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path, check_writable  # noqa: F401  (atomic_path re-exported)
 from .errors import InputError
+from .validation import check_chunk_rows  # noqa: F401  (re-exported)
 
 SUFFIXES = (".npy", ".npz", ".parquet")
 DEFAULT_EMBEDDING_COLUMN = "embedding"
 DEFAULT_ID_COLUMN = "id"
+DEFAULT_NPZ_KEY = "embeddings"
+DEFAULT_NPZ_IDS = "ids"
 
 
 def file_kind(path: str | Path) -> str:
@@ -28,20 +31,42 @@ def file_kind(path: str | Path) -> str:
     return suffix[1:]
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it to ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def check_distinct_paths(in_path: str | Path, out_path: str | Path) -> None:
+    """Refuse to write the output over the input: it would be replaced while (or before) it is read."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    same = in_path.resolve() == out_path.resolve()
+    if not same and out_path.exists():
+        try:
+            same = os.path.samefile(in_path, out_path)
+        except OSError:
+            same = False
+    if same:
+        raise InputError(f"the output {out_path} is the input file; write to a new path (the input would be replaced).")
+
+
+def _ids_to_str(values, where: str) -> list[str]:
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise InputError(f"{where} has {len(missing)} null id(s) (first: row {missing[0]}); every row needs an id. "
+                         "Fill them, or drop the id column to use row numbers.")
+    return [str(v) for v in values]
+
+
+def _pick_npz_array(path: Path, names: list[str], column: str | None, id_key: str) -> str:
+    if column is not None:
+        if column not in names:
+            raise InputError(f"{path} has no array {column!r}; it has {names}. Pass --column with one of those.")
+        return column
+    if DEFAULT_NPZ_KEY in names:
+        return DEFAULT_NPZ_KEY
+    candidates = [k for k in names if k != id_key]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise InputError(f"{path} holds no embedding array (arrays: {names}); save one with "
+                         f"np.savez(path, {DEFAULT_NPZ_KEY}=vectors).")
+    raise InputError(f"{path} holds several arrays {names} and none is named {DEFAULT_NPZ_KEY!r}; "
+                     "pass --column NAME (API: column=NAME) to say which one holds the vectors.")
 
 
 def _parquet_to_numpy(column) -> np.ndarray:
@@ -65,10 +90,39 @@ def _parquet_to_numpy(column) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(n, int(lengths[0]))
 
 
+def _parquet_file(path: Path, **kw):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path, **kw)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path} could not be read as Parquet ({exc}); the file is damaged or not Parquet.") from exc
+
+
+def _parquet_columns(path: Path, names: list[str], column: str | None, id_column: str | None) -> tuple[str, str | None]:
+    """The embedding column and the id column (None: the file has no ids) of a Parquet file."""
+    col = column or DEFAULT_EMBEDDING_COLUMN
+    if col not in names:
+        raise InputError(f"{path} has no column {col!r} (columns: {names}); pass --column NAME.")
+    if id_column is not None and id_column not in names:
+        raise InputError(f"{path} has no id column {id_column!r} (columns: {names}); pass --id-column with one of "
+                         "those, or leave it out to use the 'id' column or row numbers.")
+    idc = id_column or DEFAULT_ID_COLUMN
+    return col, (idc if idc in names else None)
+
+
 def read_embeddings(
     path: str | Path, *, column: str | None = None, id_column: str | None = None, mmap: bool = True
 ) -> tuple[np.ndarray, list[str] | None]:
-    """Read vectors (and ids, where the file has them). ``.npy`` is memory-mapped."""
+    """Read vectors (and ids, where the file has them). ``.npy`` is memory-mapped.
+
+    ``.npz``: the array named ``column``, else ``embeddings``, else the only array besides the ids;
+    several candidate arrays without a name to choose by are an error, never a guess.
+    Parquet: ``id_column`` must exist when given; null ids are an error.
+    """
+    import pyarrow as pa
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file.")
@@ -78,24 +132,21 @@ def read_embeddings(
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False), None
         if kind == "npz":
             with np.load(path, allow_pickle=False) as z:
-                key = column or ("embeddings" if "embeddings" in z.files else z.files[0])
-                if key not in z.files:
-                    raise InputError(f"{path} has no array {key!r}; it has {z.files}.")
-                ids = [str(i) for i in z[id_column or "ids"]] if (id_column or "ids") in z.files else None
+                id_key = id_column or DEFAULT_NPZ_IDS
+                if id_column is not None and id_column not in z.files:
+                    raise InputError(f"{path} has no id array {id_column!r}; it has {z.files}.")
+                key = _pick_npz_array(path, list(z.files), column, id_key)
+                ids = _ids_to_str(z[id_key].tolist(), str(path)) if id_key in z.files else None
                 return z[key], ids
-    except (ValueError, OSError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path} could not be read as {kind} ({exc}).") from exc
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    col = column or DEFAULT_EMBEDDING_COLUMN
-    if col not in table.column_names:
-        raise InputError(f"{path} has no column {col!r} (columns: {table.column_names}); pass --column NAME.")
-    idc = id_column or DEFAULT_ID_COLUMN
-    ids = [str(v) for v in table.column(idc).to_pylist()] if idc in table.column_names else None
-    return _parquet_to_numpy(table.column(col)), ids
+        pf = _parquet_file(path)
+        col, idc = _parquet_columns(path, pf.schema_arrow.names, column, id_column)
+        table = pf.read(columns=[col] + ([idc] if idc else []))
+        ids = _ids_to_str(table.column(idc).to_pylist(), f"{path} column {idc!r}") if idc else None
+        return _parquet_to_numpy(table.column(col)), ids
+    except InputError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, pa.ArrowException) as exc:
+        raise InputError(f"{path} could not be read as {kind} ({exc}); the file is damaged or not {kind}.") from exc
 
 
 def write_embeddings(path: str | Path, vectors: np.ndarray, ids: list[str] | None = None) -> Path:
@@ -105,11 +156,12 @@ def write_embeddings(path: str | Path, vectors: np.ndarray, ids: list[str] | Non
     vectors = np.asarray(vectors, dtype=np.float32)
     with atomic_path(path) as tmp:
         if kind == "npy":
-            np.save(tmp, vectors)
-        elif kind == "npz":
-            extra = {"ids": np.asarray(ids, dtype=str)} if ids is not None else {}
             with open(tmp, "wb") as f:
-                np.savez(f, embeddings=vectors, **extra)
+                np.save(f, vectors)
+        elif kind == "npz":
+            extra = {DEFAULT_NPZ_IDS: np.asarray(ids, dtype=str)} if ids is not None else {}
+            with open(tmp, "wb") as f:
+                np.savez(f, **{DEFAULT_NPZ_KEY: vectors}, **extra)
         else:
             import pyarrow.parquet as pq
 
@@ -164,28 +216,34 @@ def transform_file(
     """
     from tqdm.auto import tqdm
 
+    chunk_rows = check_chunk_rows(chunk_rows)
     in_kind, out_kind = file_kind(in_path), file_kind(out_path)
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.is_file():
+        raise InputError(f"{in_path} does not exist or is not a file.")
+    check_distinct_paths(in_path, out_path)
+    check_writable(out_path)
     if in_kind == "parquet":
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         # pre_buffer (pyarrow's default) keeps the column chunks read so far allocated: streaming a
         # 3 GB file peaked at 3.3 GB RSS with it and at ~0.2 GB without (docs/performance.md).
-        pf = pq.ParquetFile(in_path, pre_buffer=False, buffer_size=1 << 20)
-        col = column or DEFAULT_EMBEDDING_COLUMN
-        if col not in pf.schema_arrow.names:
-            raise InputError(f"{in_path} has no column {col!r} (columns: {pf.schema_arrow.names}); pass --column NAME.")
-        idc = id_column or DEFAULT_ID_COLUMN
-        has_ids = idc in pf.schema_arrow.names
+        pf = _parquet_file(in_path, pre_buffer=False, buffer_size=1 << 20)
+        col, idc = _parquet_columns(in_path, pf.schema_arrow.names, column, id_column)
         n = pf.metadata.num_rows
 
         def batches():
             offset = 0
-            cols = [col, idc] if has_ids else [col]
-            for rb in pf.iter_batches(batch_size=chunk_rows, columns=cols):
-                x = _parquet_to_numpy(rb.column(col))
-                ids = [str(v) for v in rb.column(idc).to_pylist()] if has_ids else None
-                yield offset, x, ids
-                offset += len(x)
+            try:
+                for rb in pf.iter_batches(batch_size=chunk_rows, columns=[col] + ([idc] if idc else [])):
+                    x = _parquet_to_numpy(rb.column(col))
+                    ids = _ids_to_str(rb.column(idc).to_pylist(), f"{in_path} column {idc!r} (from row {offset})") \
+                        if idc else None
+                    yield offset, x, ids
+                    offset += len(x)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{in_path} could not be read as Parquet after row {offset} ({exc}); "
+                                 "the file is damaged.") from exc
     elif in_kind == "npy" and (plain := _npy_plain_layout(in_path)) is not None:
         # Read chunks with plain file reads, not a memory map: mapped pages would stay resident
         # and count in the process's RSS until the kernel evicts them.
@@ -203,6 +261,8 @@ def transform_file(
                     yield s, x.reshape(rows, d), None
     else:
         x_all, ids_all = read_embeddings(in_path, column=column, id_column=id_column)
+        if x_all.ndim != 2:
+            raise InputError(f"{in_path} holds an array of shape {x_all.shape}; embeddings must be 2-D (n_vectors, dim).")
         n = x_all.shape[0]
 
         def batches():
@@ -212,6 +272,7 @@ def transform_file(
     if n == 0:
         raise InputError(f"{in_path} holds no vectors; nothing to transform.")
     bar = tqdm(total=n, desc="transform", unit="vec", disable=not progress)
+    written = 0
     with atomic_path(out_path) as tmp:
         if out_kind == "npy":
             # Header, then rows appended chunk by chunk: memory stays at one chunk.
@@ -220,7 +281,8 @@ def transform_file(
                     f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
                         "shape": (n, dim)})
                 for s, x, _ in batches():
-                    f.write(np.ascontiguousarray(apply(np.asarray(x), s), dtype="<f4").tobytes())
+                    f.write(_checked(apply(np.asarray(x), s), len(x), dim).astype("<f4", copy=False).tobytes())
+                    written += len(x)
                     bar.update(len(x))
         elif out_kind == "parquet":
             import pyarrow.parquet as pq
@@ -228,10 +290,11 @@ def transform_file(
             writer = None
             try:
                 for s, x, ids in batches():
-                    table = _to_table(apply(np.asarray(x), s), ids)
+                    table = _to_table(_checked(apply(np.asarray(x), s), len(x), dim), ids)
                     if writer is None:
                         writer = pq.ParquetWriter(tmp, table.schema)
                     writer.write_table(table)
+                    written += len(x)
                     bar.update(len(x))
             finally:
                 if writer is not None:
@@ -239,11 +302,25 @@ def transform_file(
         else:  # npz holds everything in one zip member, so it is assembled in memory
             parts, all_ids = [], []
             for s, x, ids in batches():
-                parts.append(apply(np.asarray(x), s))
+                parts.append(_checked(apply(np.asarray(x), s), len(x), dim))
                 all_ids.extend(ids or [])
+                written += len(x)
                 bar.update(len(x))
-            extra = {"ids": np.asarray(all_ids, dtype=str)} if all_ids else {}
+            extra = {DEFAULT_NPZ_IDS: np.asarray(all_ids, dtype=str)} if all_ids else {}
             with open(tmp, "wb") as f:
-                np.savez(f, embeddings=np.concatenate(parts), **extra)
+                np.savez(f, **{DEFAULT_NPZ_KEY: np.concatenate(parts)}, **extra)
+        if written != n:  # never rename a short file over the target
+            raise InputError(f"{in_path} promised {n} rows but {written} were read; the file is damaged.")
     bar.close()
     return n
+
+
+def _checked(out: np.ndarray, rows: int, dim: int) -> np.ndarray:
+    """The chunk's result as C-ordered float32 after checking its shape and finiteness."""
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    if out.shape != (rows, dim):
+        raise InputError(f"the transform returned shape {out.shape} for a chunk of {rows} rows; expected {(rows, dim)}.")
+    if not np.isfinite(out).all():
+        raise InputError("the transform produced NaN or infinite values; the adaptor's weights are unusable "
+                         "(refit it). Nothing was written.")
+    return out

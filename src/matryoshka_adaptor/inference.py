@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .validation import l2_normalize
+from .errors import AdaptorFileError
+from .validation import check_chunk_rows, l2_normalize
 
 # Rows per chunk: bounds the temporary (chunk x hidden) activations to a few MB.
 DEFAULT_CHUNK_ROWS = 8192
@@ -41,6 +42,10 @@ class NumpyAdaptor:
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
+        bad = [k for k, v in weights.items() if not np.isfinite(np.asarray(v)).all()]
+        if bad:
+            raise AdaptorFileError(f"adaptor weights {sorted(bad)} hold NaN or infinite values; "
+                                   "the adaptor is unusable, refit it.")
         rotation = weights.get("rotation")
         self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
         self.layers = _linear_layers(weights)
@@ -73,12 +78,16 @@ class NumpyAdaptor:
             out = out + h
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.maximum(norms, 1e-12, out=norms)
-        return (out / norms).astype(np.float32, copy=False)
+        out = (out / norms).astype(np.float32, copy=False)
+        if not np.isfinite(out).all():  # finite weights can still overflow: never return NaN silently
+            raise AdaptorFileError("the adaptor produced NaN or infinite values (its weights are too large); refit it.")
+        return out
 
     def apply_chunked(
         self, x: np.ndarray, dim: int, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, out: np.ndarray | None = None
     ) -> np.ndarray:
         """Apply to a large (possibly memory-mapped) array chunk by chunk, writing into ``out``."""
+        chunk_rows = check_chunk_rows(chunk_rows)
         n = x.shape[0]
         if out is None:
             out = np.empty((n, dim), dtype=np.float32)

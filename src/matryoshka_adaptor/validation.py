@@ -52,15 +52,19 @@ def check_embeddings(
             "use vectors from the same embedding model the adaptor was fitted on."
         )
     if x.dtype != np.float32:
+        wide = x
         x = x.astype(np.float32)
+        if wide.dtype.itemsize > 4 and np.isinf(x).any() and np.isfinite(wide).all():
+            raise InputError(f"{name} hold values beyond float32's range (about 3.4e38); rescale the vectors "
+                             "(only their direction matters) before passing them.")
     return x
 
 
-def check_finite_nonzero(x: np.ndarray, *, name: str = "embeddings", offset: int = 0) -> np.ndarray:
-    """Check a (chunk of an) embedding matrix for NaN/inf and zero rows; return the row norms.
+def _finite_nonzero_scaled(x: np.ndarray, name: str, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows divided by their largest magnitude, that magnitude) after the finite / non-zero checks.
 
-    ``offset`` is added to reported row numbers so that chunked callers report
-    positions in the whole file.
+    Scaling first keeps the norm exact for any finite input: 1e30 squared overflows float32 and
+    1e-30 squared underflows to 0, but scaled entries lie in [-1, 1].
     """
     finite = np.isfinite(x)
     if not finite.all():
@@ -69,21 +73,38 @@ def check_finite_nonzero(x: np.ndarray, *, name: str = "embeddings", offset: int
             f"{name} contain NaN or infinite values in {bad.size} row(s) (first: row {int(bad[0]) + offset}); "
             "drop or re-embed those rows before fitting or transforming."
         )
-    norms = np.linalg.norm(x, axis=1)
-    zero = norms <= 1e-12
+    scale = np.abs(x).max(axis=1, keepdims=True)
+    zero = scale[:, 0] == 0
     if zero.any():
         bad = np.flatnonzero(zero)
         raise InputError(
             f"{name} contain {bad.size} zero vector(s) (first: row {int(bad[0]) + offset}); a zero vector has no "
             "direction, so cosine similarity is undefined. Remove those rows (often empty texts) first."
         )
-    return norms
+    return x / scale, scale[:, 0]
+
+
+def check_finite_nonzero(x: np.ndarray, *, name: str = "embeddings", offset: int = 0) -> np.ndarray:
+    """Check a (chunk of an) embedding matrix for NaN/inf and zero rows; return the row norms (float64).
+
+    ``offset`` is added to reported row numbers so that chunked callers report
+    positions in the whole file.
+    """
+    scaled, scale = _finite_nonzero_scaled(np.asarray(x), name, offset)
+    return scale.astype(np.float64) * np.linalg.norm(scaled, axis=1)
 
 
 def l2_normalize(x: np.ndarray, *, name: str = "embeddings", offset: int = 0) -> np.ndarray:
-    """Validate rows (finite, non-zero) and scale them to unit length."""
-    norms = check_finite_nonzero(x, name=name, offset=offset)
-    return (x / norms[:, None]).astype(np.float32, copy=False)
+    """Validate rows (finite, non-zero) and scale them to unit length (exact for huge and tiny values)."""
+    scaled, _ = _finite_nonzero_scaled(np.asarray(x), name, offset)
+    return (scaled / np.linalg.norm(scaled, axis=1, keepdims=True)).astype(np.float32, copy=False)
+
+
+def check_chunk_rows(chunk_rows) -> int:
+    """``chunk_rows`` as a positive int, or :class:`InputError` (a chunk of 0 or -1 rows reads nothing)."""
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise InputError(f"chunk_rows must be a whole number >= 1 (rows per chunk, e.g. 8192); got {chunk_rows!r}.")
+    return int(chunk_rows)
 
 
 def check_dims(dims: Iterable[int] | int, input_dim: int | None = None) -> tuple[int, ...]:
