@@ -45,6 +45,8 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ImportError):
         return f"a needed package is missing ({exc}); install the extra it belongs to, e.g. " \
                "`pip install 'matryoshka-adaptor[all]'`.", EXIT_USER_ERROR
+    if isinstance(exc, UnicodeError):
+        return f"a text file is not valid UTF-8 ({exc}); save it as UTF-8.", EXIT_USER_ERROR
     if isinstance(exc, MemoryError):
         return "out of memory; use a smaller --chunk-rows / --max-fit-vectors / --batch-size.", EXIT_USER_ERROR
     if isinstance(exc, OSError):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, check_writable, staging_folder  # noqa: F401  (atomic_write_bytes re-exported)
+from .atomic import atomic_write_bytes, check_writable, current_umask, staging_folder  # noqa: F401  (atomic_write_bytes re-exported)
 from .errors import AdaptorFileError, InputError
 
 FORMAT_NAME = "matryoshka-adaptor"
@@ -122,6 +122,8 @@ def save_folder(path: str | Path, config: dict, weights: dict[str, np.ndarray], 
         folder.mkdir()
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
         (folder / CONFIG_FILE).write_text(text)
+        for name in OWNED_FILES:  # safetensors writes 0600 whatever the umask
+            os.chmod(folder / name, 0o666 & ~current_umask())
         install_folder(folder, path, overwrite=overwrite)
     return path
 

@@ -53,7 +53,8 @@ def check_embeddings(
         )
     if x.dtype != np.float32:
         wide = x
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            x = x.astype(np.float32)
         if wide.dtype.itemsize > 4 and np.isinf(x).any() and np.isfinite(wide).all():
             raise InputError(f"{name} hold values beyond float32's range (about 3.4e38); rescale the vectors "
                              "(only their direction matters) before passing them.")

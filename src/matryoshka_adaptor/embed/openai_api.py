@@ -62,7 +62,7 @@ class EmbedStats:
     def summary(self) -> str:
         text = (f"{self.texts} texts ({self.unique} unique): {self.cached} from cache, {self.embedded} embedded "
                 f"in {self.calls} API calls, {self.retries} retries ({self.waited_s:.1f} s waiting)")
-        if self.cached:
+        if self.cached or self.lost_in_flight:
             text += (f"; resumed: {self.lost_in_flight} texts were in flight when an earlier run was killed and were "
                      f"paid for again (a hard kill can cost at most {self.max_in_flight} texts)")
         return text

@@ -63,7 +63,12 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 continue
             if len(row) < 3:
                 raise InputError(f"{path} line {row_no + 1}: expected query-id, corpus-id, score; got {row}.")
-            qrels.setdefault(row[0], {})[row[1]] = int(float(row[-1]))
+            try:
+                grade = int(float(row[-1]))
+            except (ValueError, OverflowError):
+                raise InputError(f"{path} line {row_no + 1}: the score {row[-1]!r} is not a number; "
+                                 "expected query-id, corpus-id, score (an integer grade).") from None
+            qrels.setdefault(row[0], {})[row[1]] = grade
     return qrels
 
 
