@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from matryoshka_adaptor import AdaptorFileError, InputError, MatryoshkaAdaptor
 from matryoshka_adaptor.cli import app
-from matryoshka_adaptor.formats import read_embeddings, transform_file, write_embeddings
+from matryoshka_adaptor.formats import read_embeddings, write_embeddings
 from matryoshka_adaptor.inference import NumpyAdaptor
 
 FAST = dict(steps=5, eval_every=5, progress=False, device="cpu")
