@@ -32,7 +32,7 @@ def one_error_line(r, code: int = 2) -> str:
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == code, r.output
     assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    assert "Traceback" not in r.output and not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit)
+    assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
     return lines[0]
 
 

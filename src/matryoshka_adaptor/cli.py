@@ -253,7 +253,7 @@ def info(adaptor: Path = typer.Argument(..., help="Adaptor folder.")):
     from .persistence import dumps_json
 
     est = MatryoshkaAdaptor.load(adaptor)
-    typer.echo(dumps_json(est.info()))  # strict JSON: non-finite numbers are null
+    typer.echo(dumps_json(est.info(), sort_keys=False))  # strict JSON: non-finite numbers are null
 
 
 @app.command()

@@ -46,9 +46,9 @@ def json_safe(value):
     return value
 
 
-def dumps_json(value, *, indent: int | None = 2) -> str:
+def dumps_json(value, *, indent: int | None = 2, sort_keys: bool = True) -> str:
     """Strict JSON text: non-finite numbers are written as ``null`` (see :func:`json_safe`)."""
-    return json.dumps(json_safe(value), indent=indent, sort_keys=True, allow_nan=False)
+    return json.dumps(json_safe(value), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 def _is_our_config(path: Path) -> bool:
