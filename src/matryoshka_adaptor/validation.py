@@ -98,7 +98,8 @@ def check_finite_nonzero(x: np.ndarray, *, name: str = "embeddings", offset: int
 def l2_normalize(x: np.ndarray, *, name: str = "embeddings", offset: int = 0) -> np.ndarray:
     """Validate rows (finite, non-zero) and scale them to unit length (exact for huge and tiny values)."""
     x = np.asarray(x)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing norm sends the row to the scaled path
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
     # Fast path: a finite norm means no entry is NaN/inf and no square overflowed; above 1e-12 the
     # squares that underflow (|v| < 1e-19) change it by less than 1e-11 relative.
     if norms.size and np.isfinite(norms).all() and (norms > 1e-12).all():
