@@ -90,9 +90,11 @@ class EmbeddingCache:
         """Store one batch in one transaction (all of it or none); refuses vectors no one should reuse."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(hashes) or vectors.shape[1] == 0:
-            raise ValueError(f"put_many needs one vector per hash; got {vectors.shape} for {len(hashes)} hashes.")
+            raise InputError(f"the embedding source returned {vectors.shape} vectors for {len(hashes)} texts; "
+                             "nothing of this batch was cached.")
         if not np.isfinite(vectors).all() or (np.abs(vectors).max(axis=1) == 0).any():
-            raise ValueError("refusing to cache NaN, infinite or all-zero vectors.")
+            raise InputError("the embedding source returned NaN, infinite or all-zero vectors; nothing of this "
+                             "batch was cached. Check the model and the texts of this batch.")
         try:
             with self._db:  # one transaction per batch: all of it lands, or none
                 self._db.executemany(
