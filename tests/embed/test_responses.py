@@ -122,3 +122,13 @@ def test_requested_dimensions_are_checked_against_the_cache_too(tmp_path):
         again = source(url, tmp_path, dimensions=4)
         again.encode(TEXTS, progress=False)
     assert again.last_stats.calls == 0
+
+
+def test_the_cache_itself_refuses_vectors_no_one_should_reuse(tmp_path):
+    from matryoshka_adaptor.errors import InputError
+
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        for bad in (np.zeros((2, 4)), np.full((2, 4), np.nan), np.ones((3, 4)), np.ones((2, 0))):
+            with pytest.raises(InputError, match="nothing of this batch was cached"):
+                cache.put_many("src", ["a", "b"], bad)
+        assert cache.count() == 0
