@@ -135,9 +135,9 @@ def test_supervised_fit_runs_two_stages_and_uses_labels():
     assert est.fit_summary_["supervised"]["steps_run"] > 0
     assert 0 <= est.fit_summary_["supervised"]["best_val_ndcg@10"] <= 1
     # The raised query share is for unlabeled fits only; the settings record what ran.
-    assert est.settings_["query_fraction"] == 0.0 and est.settings_["dynamic_negatives"] == 16
+    assert est.settings_.query_fraction == 0.0 and est.settings_.dynamic_negatives == 16
     unlabeled = MatryoshkaAdaptor(dims=(4, 8, 16), **{**FAST, "steps": 5}).fit(corpus, queries)
-    assert unlabeled.settings_["query_fraction"] == 0.25
+    assert unlabeled.settings_.query_fraction == 0.25
 
 
 def test_learned_rotation_stays_orthogonal_and_round_trips(corpus, tmp_path):
@@ -152,10 +152,10 @@ def test_learned_rotation_stays_orthogonal_and_round_trips(corpus, tmp_path):
     np.testing.assert_array_equal(MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8), est.transform(corpus, 8))
 
 
-def test_every_recipe_sets_the_same_parameters_of_init():
-    from matryoshka_adaptor.estimator import _RECIPE_KEYS, RECIPES
+def test_every_recipe_is_a_valid_partial_config_and_every_field_a_parameter():
+    from matryoshka_adaptor.config import FIELDS, RECIPES, AdaptorConfig
 
-    params = set(MatryoshkaAdaptor._param_names())
-    for recipe in RECIPES.values():
-        assert set(recipe) == set(_RECIPE_KEYS)
-        assert set(recipe) <= params
+    assert set(MatryoshkaAdaptor._param_names()) == set(FIELDS)
+    for name, recipe in RECIPES.items():
+        assert set(recipe) <= set(FIELDS)
+        assert AdaptorConfig.from_recipe(name) == AdaptorConfig(**recipe, recipe=name)

@@ -6,6 +6,7 @@ place, so an interrupted job never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -247,3 +248,17 @@ def transform_file(
                 np.savez(f, embeddings=np.concatenate(parts), **extra)
     bar.close()
     return n
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels TSV (query-id, corpus-id, score; optional header) as {query id: {doc id: grade}}."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        for row_no, row in enumerate(reader):
+            if not row or (row_no == 0 and row[0] == "query-id"):
+                continue
+            if len(row) < 3:
+                raise InputError(f"{path} line {row_no + 1}: expected query-id, corpus-id, score; got {row}.")
+            qrels.setdefault(row[0], {})[row[1]] = int(float(row[-1]))
+    return qrels

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .validation import l2_normalize
+from .weight_names import ROTATION, count_layers, layer_bias, layer_weight
 
 # Rows per chunk: bounds the temporary (chunk x hidden) activations to a few MB.
 DEFAULT_CHUNK_ROWS = 8192
@@ -22,12 +23,10 @@ DEFAULT_CHUNK_ROWS = 8192
 
 def _linear_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     layers = []
-    i = 0
-    while f"layers.{i}.weight" in weights:
-        w = np.ascontiguousarray(weights[f"layers.{i}.weight"].T, dtype=np.float32)  # (in, out)
-        b = np.asarray(weights[f"layers.{i}.bias"], dtype=np.float32)
+    for i in range(count_layers(weights)):
+        w = np.ascontiguousarray(weights[layer_weight(i)].T, dtype=np.float32)  # (in, out)
+        b = np.asarray(weights[layer_bias(i)], dtype=np.float32)
         layers.append((w, b))
-        i += 1
     return layers
 
 
@@ -41,7 +40,7 @@ class NumpyAdaptor:
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
-        rotation = weights.get("rotation")
+        rotation = weights.get(ROTATION)
         self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
         self.layers = _linear_layers(weights)
         if self.layers:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..weight_names import LAYERS, ROTATION, layer_bias, layer_weight
+
 
 class AdaptorNet(nn.Module):
     """Residual MLP over (optionally rotated) unit-length embeddings.
@@ -34,10 +36,11 @@ class AdaptorNet(nn.Module):
             orthogonal(self.rot, orthogonal_map="cayley")
             self.rotation = None
         elif rotation is not None:
-            self.register_buffer("rotation", rotation.to(torch.float32).contiguous())
+            self.register_buffer(ROTATION, rotation.to(torch.float32).contiguous())
         else:
             self.rotation = None
         sizes = [input_dim] + [hidden_dim] * (depth - 1) + [input_dim]
+        # The attribute name is the saved weights' prefix (weight_names.LAYERS).
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         nn.init.zeros_(self.layers[-1].weight)
         nn.init.zeros_(self.layers[-1].bias)
@@ -63,8 +66,17 @@ class AdaptorNet(nn.Module):
         return z + self.residual(z), z
 
     def export_weights(self) -> dict[str, torch.Tensor]:
-        """Plain tensors for saving: a learned rotation is stored as the fixed ``rotation`` matrix."""
-        weights = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("rot.")}
+        """Plain tensors named as :mod:`matryoshka_adaptor.weight_names` says; a learned rotation is
+        stored as the fixed ``rotation`` matrix."""
+        weights = {}
         if self.rot is not None:
-            weights["rotation"] = self.rot.weight.detach().T.contiguous().clone()
+            weights[ROTATION] = self.rot.weight.detach().T.contiguous().clone()
+        elif self.rotation is not None:
+            weights[ROTATION] = self.rotation.detach().clone()
+        for i, layer in enumerate(self.layers):
+            weights[layer_weight(i)] = layer.weight.detach().clone()
+            weights[layer_bias(i)] = layer.bias.detach().clone()
         return weights
+
+
+assert LAYERS == "layers"  # the ModuleList attribute above gives state_dict these names
