@@ -16,7 +16,7 @@ BAD = [
     ("temperature", 0.0), ("temperature", -1.0), ("temperature", math.inf),
     ("batch_size", 0), ("batch_size", 12.5), ("batch_size", "128"), ("batch_size", True),
     ("steps", -5), ("supervised_steps", -1),
-    ("lr", math.nan), ("lr", 0.0), ("lr", -1e-3), ("lr", "fast"),
+    ("lr", math.nan), ("lr", 0.0), ("lr", -1e-3), ("lr", "fast"), ("lr", 1e38),
     ("validation_fraction", 2.0), ("validation_fraction", 1.0), ("validation_fraction", -0.1),
     ("k", 0), ("depth", 0), ("hidden_dim", 0), ("eval_every", 0), ("patience", 0),
     ("query_fraction", 1.5), ("ema_decay", 1.0), ("collapse_fraction", 1.0),

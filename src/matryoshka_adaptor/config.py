@@ -204,7 +204,8 @@ class AdaptorConfig:
     steps: int = param(400, Interval(int, 0), "Steps of stage 1.")
     supervised_steps: int = param(1000, Interval(int, 0), "Maximum steps of stage 2 (early stopping may end sooner).")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
-    lr: float = param(1e-3, Interval(float, 0, open_low=True), "Adam learning rate.")
+    lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
+                      "Adam learning rate (the divergence guard catches values that are too high).")
     weight_decay: float = param(0.0, Interval(float, 0), "Adam weight decay.")
     ema_decay: float = param(0.0, Interval(float, 0, 1, open_high=True),
                              "Exponential moving average of the weights (0: off); the averaged weights are kept.")
