@@ -164,6 +164,10 @@ class AdaptorConfig:
     The defaults are the ``"default"`` recipe. ``AdaptorConfig.from_recipe("paper", steps=800)``
     applies a recipe and overrides; ``dataclasses.replace(config, lr=1e-4)`` makes a variant.
     ``AdaptorConfig.describe()`` lists every field with its type, default and range.
+
+    Attributes
+    ----------
+{fields}
     """
 
     # Architecture and start
@@ -266,6 +270,15 @@ class AdaptorConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(AdaptorConfig)}
+
+
+def _field_doc(name: str, f: dataclasses.Field, default: str) -> str:
+    rng = f.metadata["constraint"].describe() + (" or None" if f.metadata["optional"] else "")
+    return f"    {name} : {f.type}, {default}\n        {f.metadata['doc']} Valid: {rng}."
+
+
+AdaptorConfig.__doc__ = AdaptorConfig.__doc__.replace(
+    "{fields}", "\n".join(_field_doc(n, f, f"default {f.default!r}") for n, f in FIELDS.items()))
 
 
 def check_param(name: str, value: Any) -> Any:

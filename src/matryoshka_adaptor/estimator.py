@@ -21,7 +21,7 @@ import numpy as np
 
 from . import persistence, weight_names
 from ._version import __version__
-from .config import FIELDS, RECIPES, AdaptorConfig, check_param, default_dims  # noqa: F401 (re-exported)
+from .config import FIELDS, RECIPES, AdaptorConfig, _field_doc, check_param, default_dims  # noqa: F401
 from .errors import InputError, NotFittedError
 from .inference import NumpyAdaptor
 from .validation import check_embeddings, check_output_dim, l2_normalize
@@ -46,12 +46,10 @@ def _signature() -> inspect.Signature:
 
 
 def _parameters_doc() -> str:
-    lines = []
-    for name, f in FIELDS.items():
-        rng = f.metadata["constraint"].describe() + (" or None" if f.metadata["optional"] else "")
-        default = f"default {f.default!r}" if name in ("dims", "recipe") else f"default None (the recipe's, else {f.default!r})"
-        lines.append(f"    {name} : {f.type}, {default}\n        {f.metadata['doc']} Valid: {rng}.")
-    return "\n".join(lines)
+    return "\n".join(
+        _field_doc(name, f, f"default {f.default!r}" if name in ("dims", "recipe")
+                   else f"default None (the recipe's, else {f.default!r})")
+        for name, f in FIELDS.items())
 
 
 class MatryoshkaAdaptor:
@@ -78,6 +76,8 @@ class MatryoshkaAdaptor:
         The Matryoshka dims trained.
     hidden_dim_ : int
         Width of the MLP.
+    depth_ : int
+        Number of linear layers of the MLP.
     settings_ : AdaptorConfig
         Every setting the fit used.
     supervised_ : bool

@@ -37,6 +37,18 @@ class NumpyAdaptor:
     the ``dim`` output columns of the rotation and of the last layer are computed, so a
     64-dim transform of 384-dim vectors costs ~0.6x the multiply-adds of the plain forward.
     The per-``dim`` matrices are built once and kept contiguous for BLAS.
+
+    Parameters
+    ----------
+    weights : mapping of str to ndarray
+        Weights named as :mod:`matryoshka_adaptor.weight_names` says.
+
+    Attributes
+    ----------
+    rotation : ndarray of shape (d, d) or None
+        The input rotation.
+    layers : list of (ndarray, ndarray)
+        Each linear layer as (weight transposed to (in, out), bias).
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray]):

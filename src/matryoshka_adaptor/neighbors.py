@@ -191,9 +191,9 @@ def mine_neighbors(
     """Neighbours of ``anchors`` in ``corpus`` by cosine.
 
     'exact' runs blockwise with torch on ``device`` when given (the fit's device), else numpy.
-    'auto' is exact up to 4e12 multiply-adds (a 50,000-row fit sample of 1,536-dim vectors;
-    measured on a 2-core CPU, exact torch search of 50k x 50k x 768 took ~34 s against ~47 s
-    for building and querying a faiss HNSW index), and faiss beyond, when installed.
+    'auto' is exact up to 4e12 multiply-adds (a 50,000-row fit sample of 1,536-dim vectors, where
+    exact search was still faster than building an HNSW index: docs/ablations.md, "Engineering
+    choices"), and faiss beyond, when installed.
     """
     if method not in ("auto", "exact", "faiss"):
         raise ValueError(f"neighbor search must be 'auto', 'exact' or 'faiss'; got {method!r}")

@@ -13,6 +13,28 @@ class AdaptorNet(nn.Module):
 
     The last layer starts at zero, so an untrained adaptor returns its input
     (after the fixed rotation, which keeps every full-dimension cosine unchanged).
+
+    Parameters
+    ----------
+    input_dim : int
+        Dimension d of the embeddings.
+    hidden_dim : int
+        Width of the hidden layers.
+    depth : int, default 2
+        Number of linear layers (1: a single linear residual layer).
+    rotation : Tensor of shape (d, d), optional
+        Orthogonal start rotation (e.g. the PCA basis); None: the identity.
+    learn_rotation : bool, default False
+        Train the rotation, kept exactly orthogonal (Cayley parametrisation).
+
+    Attributes
+    ----------
+    layers : ModuleList of Linear
+        The residual MLP; saved as ``layers.{i}.weight`` / ``layers.{i}.bias``.
+    rotation : Tensor or None
+        The fixed rotation buffer (saved as ``rotation``), None when learned or absent.
+    rot : Linear or None
+        The learned, orthogonally parametrised rotation (exported as ``rotation``).
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, depth: int = 2, rotation: torch.Tensor | None = None,
@@ -31,8 +53,8 @@ class AdaptorNet(nn.Module):
             self.rot = nn.Linear(input_dim, input_dim, bias=False)
             with torch.no_grad():
                 self.rot.weight.copy_(start.T)
-            # Cayley map: ~4x cheaper per step than the default matrix exponential at d=384
-            # (measured: 28 vs 110 ms for a forward+backward+Adam step on 2 CPU cores).
+            # Cayley map: much cheaper per step than the default matrix exponential (timings in
+            # docs/ablations.md, "Engineering choices").
             orthogonal(self.rot, orthogonal_map="cayley")
             self.rotation = None
         elif rotation is not None:

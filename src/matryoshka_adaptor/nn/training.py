@@ -164,8 +164,22 @@ def _ranking_term(b: SupervisedBatch) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossTerm:
-    """A loss term: ``fn(batch)``, weighted by the config field ``weight`` (``stage2_weight`` in
-    the supervised stage when it differs). ``supervised`` terms see a :class:`SupervisedBatch`."""
+    """One term of the objective.
+
+    Attributes
+    ----------
+    name : str
+        Its key in the history and in :func:`stage_weights`.
+    fn : callable
+        ``fn(batch) -> scalar Tensor``; a :class:`SupervisedBatch` when ``supervised``, else an
+        :class:`UnsupervisedBatch`.
+    weight : str
+        The ``AdaptorConfig`` field holding its weight.
+    stage2_weight : str or None
+        The field holding its weight in the supervised stage, when that differs.
+    supervised : bool
+        Computed on labelled queries (stage 2 only).
+    """
 
     name: str
     fn: Callable
@@ -265,6 +279,15 @@ class Trainer:
     data : TrainingData
         The training data, moved to ``device`` once.
     device : str, default "cpu"
+
+    Attributes
+    ----------
+    net, dims, config, data, device
+        As given.
+    rng : numpy Generator, gen : torch Generator
+        The fit's random streams (both seeded with ``config.seed``).
+    corpus, anchors, neighbor_idx, neighbor_sims, queries : Tensor
+        ``data`` on the device.
     """
 
     def __init__(self, net: AdaptorNet, dims: tuple[int, ...], config: AdaptorConfig, data: TrainingData,
