@@ -149,7 +149,7 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     train, test = slice(0, 160), slice(160, 240)
     qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
     ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(160)])
-    params = dict(dims=(4, 8, 32), **{**FAST, "supervised_steps": 100})
+    params = dict(dims=(4, 8, 32), **{**FAST, "steps": 20, "supervised_steps": 100})
     supervised = MatryoshkaAdaptor(**params).fit(corpus, queries[train], qrels, **ids)
     unlabeled = MatryoshkaAdaptor(**params).fit(corpus, queries[train])  # the same queries, no labels
 
