@@ -123,3 +123,17 @@ def test_fit_refuses_bad_parameters_in_one_line_before_reading_data(tmp_path):
         assert r.exit_code == 2 and message in r.output, (args, r.output)
         assert r.output.count("\n") == 1 and "Traceback" not in r.output
     assert not (tmp_path / "ad").exists()
+
+
+def test_fit_with_a_diverging_learning_rate_warns_and_saves_the_best_weights(tmp_path, corpus):
+    np.save(tmp_path / "c.npy", corpus)
+    r = invoke("fit", tmp_path / "c.npy", "-o", tmp_path / "ad", "--dims", "4,8", "--lr", "1e6", "--steps", "40", "-q",
+               "--params", '{"learn_rotation": false, "eval_every": 20}')
+    assert r.exit_code == 0, r.output
+    assert "warning: fit (unsupervised): training diverged (the validation score fell" in r.output
+    info = json.loads(invoke("info", tmp_path / "ad").output)
+    assert "diverged" in info["fit_summary"]["unsupervised"]
+    from matryoshka_adaptor import MatryoshkaAdaptor
+
+    out = MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8)
+    assert np.isfinite(out).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -96,6 +97,7 @@ def fit(
 
     Example: matryoshka-adaptor fit corpus.npy --out my-adaptor/ --dims 32,64,128,256
     """
+    from .errors import TrainingDivergedWarning
     from .estimator import MatryoshkaAdaptor
     from .formats import read_embeddings, read_qrels
 
@@ -121,7 +123,11 @@ def fit(
             if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
                 known = set(map(str, qids))
                 labels = {k_: v for k_, v in labels.items() if k_ in known}
-        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TrainingDivergedWarning)
+            est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        for w in caught:  # one line each, not Python's two-line warning format
+            typer.echo(f"warning: {w.message}", err=True)
         est.save(out)
     except (InputError, ImportError) as exc:
         _fail(exc)
