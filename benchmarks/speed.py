@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from matryoshka_adaptor.estimator import resolve_device
+    from matryoshka_adaptor.fitting import resolve_device
 
     device = resolve_device(args.device)
     out = Path(args.out)

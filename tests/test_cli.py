@@ -18,7 +18,7 @@ def invoke(*args):
 def test_fit_transform_info_round_trip(tmp_path, corpus):
     np.save(tmp_path / "corpus.npy", corpus)
     r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "ad", "--dims", "4,8,16", "--steps", "20", "-q",
-               "--device", "cpu")
+               "--device", "cpu", "--params", '{"learn_rotation": false}')
     assert r.exit_code == 0, r.output
     r = invoke("transform", tmp_path / "ad", tmp_path / "corpus.npy", tmp_path / "small.npy", "--dim", "8", "-q")
     assert r.exit_code == 0, r.output
@@ -33,7 +33,8 @@ def test_fit_transform_info_round_trip(tmp_path, corpus):
 
 def test_parquet_transform_keeps_ids(tmp_path, corpus):
     write_embeddings(tmp_path / "c.parquet", corpus, [f"d{i}" for i in range(len(corpus))])
-    assert invoke("fit", tmp_path / "c.parquet", "-o", tmp_path / "ad", "--dims", "8", "--steps", "5", "-q").exit_code == 0
+    assert invoke("fit", tmp_path / "c.parquet", "-o", tmp_path / "ad", "--dims", "8", "--steps", "5", "-q",
+                  "--params", '{"learn_rotation": false}').exit_code == 0
     r = invoke("transform", tmp_path / "ad", tmp_path / "c.parquet", tmp_path / "o.parquet", "-d", "8", "-q")
     assert r.exit_code == 0, r.output
     table = pq.read_table(tmp_path / "o.parquet")
@@ -96,3 +97,43 @@ def test_serve_refuses_a_bad_configuration(tmp_path):
     assert r.exit_code == 2 and "--upstream-model" in r.output
     r = invoke("serve", "--local-model", "x", "--api-key-env", "MA_SURELY_UNSET_VAR")
     assert r.exit_code == 2 and "MA_SURELY_UNSET_VAR" in r.output
+
+
+def test_fit_params_json_and_file_reach_every_setting_and_options_win(tmp_path, corpus):
+    np.save(tmp_path / "c.npy", corpus)
+    (tmp_path / "p.json").write_text(json.dumps({"temperature": 0.1, "steps": 3, "k": 4, "learn_rotation": False}))
+    r = invoke("fit", tmp_path / "c.npy", "-o", tmp_path / "ad", "--dims", "8", "-q", "--params-file", tmp_path / "p.json",
+               "--params", '{"steps": 4, "max_positives": 3}', "--k", "5")
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "ad" / "config.json").read_text())["training"]["settings"]
+    assert settings["temperature"] == 0.1 and settings["steps"] == 4 and settings["k"] == 5
+    assert settings["max_positives"] == 3 and settings["batch_size"] == 128 and settings["dims"] == [8]
+
+
+def test_fit_refuses_bad_parameters_in_one_line_before_reading_data(tmp_path):
+    missing = tmp_path / "never-read.npy"
+    for args, message in [(("--lr", "nan"), "lr=nan is not valid: lr must be a finite number in (0, 1000000]"),
+                          (("--steps", "-5"), "steps=-5 is not valid: steps must be an integer >= 0"),
+                          (("--k", "0"), "k=0 is not valid: k must be an integer >= 1"),
+                          (("--params", '{"temperature": 0}'), "temperature=0 is not valid"),
+                          (("--params", '{"bogus": 1}'), "unknown parameter 'bogus'"),
+                          (("--params", "[1]"), "--params must be a JSON object"),
+                          (("--params", "{steps: 1}"), "--params is not valid JSON")]:
+        r = invoke("fit", missing, "-o", tmp_path / "ad", *args)
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+        assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "ad").exists()
+
+
+def test_fit_with_a_diverging_learning_rate_warns_and_saves_the_best_weights(tmp_path, corpus):
+    np.save(tmp_path / "c.npy", corpus)
+    r = invoke("fit", tmp_path / "c.npy", "-o", tmp_path / "ad", "--dims", "4,8", "--lr", "1e6", "--steps", "40", "-q",
+               "--params", '{"learn_rotation": false, "eval_every": 20}')
+    assert r.exit_code == 0, r.output
+    assert "warning: fit (unsupervised): training diverged (the validation score fell" in r.output
+    info = json.loads(invoke("info", tmp_path / "ad").output)
+    assert "diverged" in info["fit_summary"]["unsupervised"]
+    from matryoshka_adaptor import MatryoshkaAdaptor
+
+    out = MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8)
+    assert np.isfinite(out).all()

@@ -23,7 +23,7 @@ from fakes import ScriptedEmbeddingsServer
 from matryoshka_adaptor import MatryoshkaAdaptor
 from matryoshka_adaptor.cli import app
 from matryoshka_adaptor.errors import AdaptorFileError, MatryoshkaError, UpstreamError
-from matryoshka_adaptor.eval.datasets import read_qrels
+from matryoshka_adaptor.formats import read_qrels
 from matryoshka_adaptor.formats import read_embeddings, write_embeddings
 
 D = 8

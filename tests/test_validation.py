@@ -44,7 +44,8 @@ def test_fit_rejects_bad_vectors(corpus, make, match):
 
 
 @pytest.mark.parametrize("dims,match", [((4, 64), r"64 is larger than the embedding dimension 32"),
-                                        ((0, 8), r"not positive"), ((-3,), r"not positive"), ((), r"empty")])
+                                        ((0, 8), r"dims=\(0, 8\) is not valid: dims must be positive integers"),
+                                        ((-3,), r"dims=\(-3,\) is not valid"), ((), r"dims=\(\) is not valid")])
 def test_fit_rejects_bad_dims(corpus, dims, match):
     with pytest.raises(InputError, match=match):
         MatryoshkaAdaptor(dims=dims, **FAST).fit(corpus)

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -136,6 +137,31 @@ def _read_ids_json(path: Optional[Path]) -> tuple[Optional[list[str]], Optional[
     return out[0], out[1]
 
 
+def _default(name: str) -> str:
+    """A parameter's default as help text, read from its one definition (AdaptorConfig)."""
+    from .config import FIELDS
+
+    return f"default: {FIELDS[name].default!r}, or the recipe's"
+
+
+def _fit_params(params: Optional[str], params_file: Optional[Path], options: dict) -> dict:
+    """Estimator parameters: --params-file, then --params JSON, then explicit options (last wins)."""
+    merged: dict = {}
+    for source, text in (("--params-file", params_file.read_text() if params_file else None), ("--params", params)):
+        if text is None:
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                             'give an object such as {"steps": 800, "lr": 0.0005}.') from None
+        if not isinstance(value, dict):
+            raise InputError(f'{source} must be a JSON object such as {{"steps": 800}}; got {type(value).__name__}.')
+        merged.update(value)
+    merged.update({k: v for k, v in options.items() if v is not None})
+    return merged
+
+
 @app.command()
 def fit(
     corpus: Path = typer.Argument(..., help="Corpus embeddings: .npy (memory-mapped), .npz or .parquet."),
@@ -144,19 +170,23 @@ def fit(
     queries: Optional[Path] = typer.Option(None, help="Query embeddings (same formats): unlabeled, or labeled with --qrels."),
     qrels: Optional[Path] = typer.Option(None, help="BEIR qrels TSV (query-id, corpus-id, score): runs the supervised stage."),
     ids: Optional[Path] = typer.Option(None, help="ids.json with corpus_ids and query_ids in row order (else ids from the files, else row numbers)."),
-    recipe: str = typer.Option("default", help="'default' (PCA start + listwise distillation) or 'paper' (the paper's method)."),
-    steps: Optional[int] = typer.Option(None, help="Maximum unsupervised steps (default: the recipe's)."),
-    supervised_steps: Optional[int] = typer.Option(None, help="Maximum supervised steps (default: the recipe's)."),
+    recipe: Optional[str] = typer.Option(None, help="'default' (PCA start + listwise distillation) or 'paper' (the paper's method)."),
+    steps: Optional[int] = typer.Option(None, help=f"Maximum unsupervised steps ({_default('steps')})."),
+    supervised_steps: Optional[int] = typer.Option(None, help=f"Maximum supervised steps ({_default('supervised_steps')})."),
     hidden_dim: Optional[int] = typer.Option(None, help="MLP width (default: input dim)."),
-    batch_size: int = typer.Option(128),
-    lr: float = typer.Option(1e-3),
-    k: int = typer.Option(10, help="Neighbours per vector for the top-k loss."),
-    max_fit_vectors: int = typer.Option(50_000, help="Corpus rows sampled for fitting."),
-    neighbor_search: str = typer.Option("auto", help="auto, exact or faiss."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Anchors per step ({_default('batch_size')})."),
+    lr: Optional[float] = typer.Option(None, help=f"Learning rate ({_default('lr')})."),
+    k: Optional[int] = typer.Option(None, help=f"Neighbours per vector ({_default('k')})."),
+    max_fit_vectors: Optional[int] = typer.Option(None, help=f"Corpus rows sampled for fitting ({_default('max_fit_vectors')})."),
+    neighbor_search: Optional[str] = typer.Option(None, help=f"auto, exact or faiss ({_default('neighbor_search')})."),
+    params: Optional[str] = typer.Option(None, "--params", help='Any estimator parameter as JSON, e.g. \'{"temperature": 0.1}\' '
+                                         "(see `python -c 'from matryoshka_adaptor.config import AdaptorConfig as C; "
+                                         "print(C.describe())'`); explicit options win."),
+    params_file: Optional[Path] = typer.Option(None, "--params-file", help="A JSON file of estimator parameters (as --params)."),
     column: Optional[str] = typer.Option(None, help="Parquet/npz embedding column (default: embedding)."),
     base_model: Optional[str] = typer.Option(None, help="Name of the embedding model, stored in config.json."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto (GPU when there is one), cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, help=f"Random seed ({_default('seed')})."),
+    device: Optional[str] = typer.Option(None, help="auto (GPU when there is one), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow --out to be a folder that holds other files "
                                    "(they are kept; only config.json and model.safetensors are written)."),
@@ -169,10 +199,16 @@ def fit(
     """
     from . import persistence
     from .atomic import staging_folder
+    from .errors import TrainingDivergedWarning
     from .estimator import MatryoshkaAdaptor
-    from .eval.datasets import read_qrels
-    from .formats import read_embeddings
+    from .formats import read_embeddings, read_qrels
 
+    settings = _fit_params(params, params_file, dict(
+        dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
+        hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
+        neighbor_search=neighbor_search, seed=seed, device=device, base_model=base_model,
+        progress=False if quiet else None))
+    est = MatryoshkaAdaptor(**settings)  # every parameter checked before any file is read
     persistence.check_save_target(out, overwrite=overwrite)  # before any training
     for given in (corpus, queries):
         if given is not None and given.resolve() == out.resolve():
@@ -192,13 +228,12 @@ def fit(
         if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
             known = set(map(str, qids))
             labels = {k_: v for k_, v in labels.items() if k_ in known}
-    est = MatryoshkaAdaptor(
-        dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
-        hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
-        neighbor_search=neighbor_search, seed=seed, device=device, progress=not quiet, base_model=base_model,
-    )
     with _sigterm_as_interrupt():
-        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TrainingDivergedWarning)
+            est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        for w in caught:  # one line each, not Python's two-line warning format
+            typer.echo(f"warning: {w.message}", err=True)
         with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
             est.save(staging / "adaptor")
             persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
@@ -232,7 +267,7 @@ def transform(
     with _sigterm_as_interrupt():
         est = MatryoshkaAdaptor.load(adaptor)
         dim = check_output_dim(dim, est.input_dim_)
-        np_adaptor = est._numpy_adaptor()
+        np_adaptor = est.numpy_adaptor()
 
         def apply(chunk, offset):
             chunk = check_embeddings(chunk, name=f"{input}", expected_dim=est.input_dim_)

@@ -29,3 +29,8 @@ class UpstreamError(MatryoshkaError, RuntimeError):
     def __init__(self, status: int | None, message: str):
         super().__init__(message)
         self.status = status
+
+
+class TrainingDivergedWarning(UserWarning):
+    """Training stopped early because the loss or weights became non-finite or validation collapsed;
+    the best weights seen were restored (see ``fit_summary_[stage]["diverged"]``)."""

@@ -6,6 +6,7 @@ place, so an interrupted job never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import csv
 import os
 import zipfile
 from collections.abc import Callable
@@ -324,3 +325,22 @@ def _checked(out: np.ndarray, rows: int, dim: int) -> np.ndarray:
         raise InputError("the transform produced NaN or infinite values; the adaptor's weights are unusable "
                          "(refit it). Nothing was written.")
     return out
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels TSV (query-id, corpus-id, score; optional header) as {query id: {doc id: grade}}."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        for row_no, row in enumerate(reader):
+            if not row or (row_no == 0 and row[0] == "query-id"):
+                continue
+            if len(row) < 3:
+                raise InputError(f"{path} line {row_no + 1}: expected query-id, corpus-id, score; got {row}.")
+            try:
+                grade = int(float(row[-1]))
+            except (ValueError, OverflowError):
+                raise InputError(f"{path} line {row_no + 1}: the score {row[-1]!r} is not a number; "
+                                 "expected query-id, corpus-id, score (an integer grade).") from None
+            qrels.setdefault(row[0], {})[row[1]] = grade
+    return qrels

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import AdaptorFileError
 from .validation import check_chunk_rows, l2_normalize
+from .weight_names import ROTATION, count_layers, layer_bias, layer_weight
 
 # Rows per chunk: bounds the temporary (chunk x hidden) activations to a few MB.
 DEFAULT_CHUNK_ROWS = 8192
@@ -23,12 +24,10 @@ DEFAULT_CHUNK_ROWS = 8192
 
 def _linear_layers(weights: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     layers = []
-    i = 0
-    while f"layers.{i}.weight" in weights:
-        w = np.ascontiguousarray(weights[f"layers.{i}.weight"].T, dtype=np.float32)  # (in, out)
-        b = np.asarray(weights[f"layers.{i}.bias"], dtype=np.float32)
+    for i in range(count_layers(weights)):
+        w = np.ascontiguousarray(weights[layer_weight(i)].T, dtype=np.float32)  # (in, out)
+        b = np.asarray(weights[layer_bias(i)], dtype=np.float32)
         layers.append((w, b))
-        i += 1
     return layers
 
 
@@ -39,6 +38,18 @@ class NumpyAdaptor:
     the ``dim`` output columns of the rotation and of the last layer are computed, so a
     64-dim transform of 384-dim vectors costs ~0.6x the multiply-adds of the plain forward.
     The per-``dim`` matrices are built once and kept contiguous for BLAS.
+
+    Parameters
+    ----------
+    weights : mapping of str to ndarray
+        Weights named as :mod:`matryoshka_adaptor.weight_names` says.
+
+    Attributes
+    ----------
+    rotation : ndarray of shape (d, d) or None
+        The input rotation.
+    layers : list of (ndarray, ndarray)
+        Each linear layer as (weight transposed to (in, out), bias).
     """
 
     def __init__(self, weights: Mapping[str, np.ndarray]):
@@ -46,7 +57,7 @@ class NumpyAdaptor:
         if bad:
             raise AdaptorFileError(f"adaptor weights {sorted(bad)} hold NaN or infinite values; "
                                    "the adaptor is unusable, refit it.")
-        rotation = weights.get("rotation")
+        rotation = weights.get(ROTATION)
         self.rotation = None if rotation is None else np.ascontiguousarray(rotation, dtype=np.float32)
         self.layers = _linear_layers(weights)
         if self.layers:

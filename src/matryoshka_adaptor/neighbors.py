@@ -191,9 +191,9 @@ def mine_neighbors(
     """Neighbours of ``anchors`` in ``corpus`` by cosine.
 
     'exact' runs blockwise with torch on ``device`` when given (the fit's device), else numpy.
-    'auto' is exact up to 4e12 multiply-adds (a 50,000-row fit sample of 1,536-dim vectors;
-    measured on a 2-core CPU, exact torch search of 50k x 50k x 768 took ~34 s against ~47 s
-    for building and querying a faiss HNSW index), and faiss beyond, when installed.
+    'auto' is exact up to 4e12 multiply-adds (a 50,000-row fit sample of 1,536-dim vectors, where
+    exact search was still faster than building an HNSW index: docs/ablations.md, "Engineering
+    choices"), and faiss beyond, when installed.
     """
     if method not in ("auto", "exact", "faiss"):
         raise ValueError(f"neighbor search must be 'auto', 'exact' or 'faiss'; got {method!r}")
@@ -213,3 +213,60 @@ def mine_neighbors(
         return torch_topk(anchors, corpus, k, exclude=exclude, device=device, progress=progress,
                           desc="mining neighbours")
     return exact_topk(anchors, corpus, k, exclude=exclude, progress=progress, desc="mining neighbours")
+
+
+@dataclass
+class TrainingNeighbors:
+    """The neighbours a fit trains on, mined once on the original full-dim vectors.
+
+    Attributes
+    ----------
+    anchors : ndarray of shape (a, d)
+        The corpus sample's rows, then the queries when they are used as unlabelled anchors.
+    n_corpus_anchors : int
+        How many leading anchors are corpus rows.
+    indices, scores : ndarray of shape (a, k)
+        Each anchor's top-k corpus-sample rows (itself excluded) and their cosines.
+    hard_negatives : ndarray of shape (q, h) or None
+        Each query's top-h corpus-sample rows (supervised fits with ``hard_negatives > 0``).
+    method : str
+        The search that ran ("exact" or "faiss-hnsw").
+    recall_at_k : float or None
+        For approximate search: recall against exact search on a sample.
+    """
+
+    anchors: np.ndarray
+    n_corpus_anchors: int
+    indices: np.ndarray
+    scores: np.ndarray
+    hard_negatives: np.ndarray | None
+    method: str
+    recall_at_k: float | None
+
+
+def mine_training_neighbors(
+    sample: np.ndarray,
+    queries: np.ndarray | None,
+    k: int,
+    *,
+    use_queries: bool,
+    hard_negatives: int = 0,
+    method: str = "auto",
+    progress: bool = False,
+    seed: int = 0,
+    device: str | None = None,
+) -> TrainingNeighbors:
+    """Every neighbour search of a fit: the corpus sample's own top-k, the queries' top-k (when
+    ``use_queries``) and each query's top ``hard_negatives`` rows (when > 0), all in ``sample``."""
+    opts = dict(method=method, progress=progress, seed=seed, device=device)
+    nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), **opts)
+    anchors, idx, sims = sample, nb.indices, nb.scores
+    if queries is not None and use_queries:
+        qnb = mine_neighbors(queries, sample, k, **opts)
+        anchors = np.concatenate([sample, queries])
+        idx = np.concatenate([idx, qnb.indices])
+        sims = np.concatenate([sims, qnb.scores])
+    hard = None
+    if queries is not None and hard_negatives > 0:
+        hard = mine_neighbors(queries, sample, min(hard_negatives, len(sample)), **opts).indices
+    return TrainingNeighbors(anchors, len(sample), idx, sims, hard, nb.method, nb.recall_at_k)

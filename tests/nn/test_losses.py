@@ -134,3 +134,52 @@ def test_losses_are_zero_when_adapted_equals_original(rng):
     target = losses.prefix_cosine_matrix(x, x, (12,))[0]
     assert losses.pairwise_similarity_loss(x, target, (12,)).item() == pytest.approx(0, abs=1e-12)
     assert losses.reconstruction_loss(x, x).item() == 0.0
+
+
+# --- gradients: every loss against finite differences (float64), including masked rows --------
+
+
+def _t(x):
+    return torch.tensor(x, dtype=torch.float64, requires_grad=True)
+
+
+def test_gradcheck_topk_similarity_loss(rng):
+    anchors, neighbours = _t(rng.standard_normal((4, 12))), _t(rng.standard_normal((4, 3, 12)))
+    target = torch.tensor(rng.uniform(-1, 1, (4, 3)))
+    assert torch.autograd.gradcheck(lambda a, b: losses.topk_similarity_loss(a, b, target, DIMS), (anchors, neighbours))
+
+
+def test_gradcheck_pairwise_similarity_loss(rng):
+    target = torch.tensor(rng.uniform(-1, 1, (5, 5)))
+    assert torch.autograd.gradcheck(lambda a: losses.pairwise_similarity_loss(a, target, DIMS),
+                                    (_t(rng.standard_normal((5, 12))),))
+
+
+def test_gradcheck_reconstruction_loss(rng):
+    assert torch.autograd.gradcheck(losses.reconstruction_loss,
+                                    (_t(rng.standard_normal((4, 12))), _t(rng.standard_normal((4, 12)))))
+
+
+def test_gradcheck_listwise_distillation_loss_with_masked_candidates(rng):
+    target = torch.tensor(rng.uniform(-1, 1, (3, 6)))
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[0, :3] = False  # half of row 0 masked
+    mask[2, 5] = False
+    fn = lambda a, p: losses.listwise_distillation_loss(a, p, target, DIMS, temperature=0.1, mask=mask)  # noqa: E731
+    anchors, pool = _t(rng.standard_normal((3, 12))), _t(rng.standard_normal((6, 12)))
+    assert torch.autograd.gradcheck(fn, (anchors, pool))
+    # masked candidates get exactly zero gradient (and no NaN) from the anchor that masks them
+    valid = torch.zeros(1, 6, dtype=torch.bool)
+    valid[0, 4:] = True
+    g = torch.autograd.grad(losses.listwise_distillation_loss(anchors[:1], pool, target[:1], DIMS, mask=valid),
+                            pool)[0]
+    assert torch.all(g[:4] == 0) and torch.any(g[4:] != 0) and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gradcheck_ranking_loss_with_a_query_without_positives(rng, with_mask):
+    grades = torch.tensor(rng.integers(0, 3, size=(3, 6)).astype(float))
+    grades[1] = 0  # a row with no positive contributes nothing
+    mask = torch.tensor(rng.random((3, 6)) < 0.6) if with_mask else None
+    fn = lambda q, d: losses.ranking_loss(q, d, grades, DIMS, scale=5.0, positive_mask=mask)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (_t(rng.standard_normal((3, 12))), _t(rng.standard_normal((6, 12)))))

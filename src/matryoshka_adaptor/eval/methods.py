@@ -12,6 +12,7 @@ import numpy as np
 
 from ..estimator import MatryoshkaAdaptor
 from ..errors import InputError
+from ..pca import principal_axes
 from ..validation import l2_normalize
 
 
@@ -75,10 +76,8 @@ class PCA(Method):
             self.name, self.description = "pca-centered", "centred PCA fitted on the corpus"
 
     def fit(self, data, dims, seed):
-        x = l2_normalize(data.corpus).astype(np.float64)
-        self.mean_ = x.mean(0) if self.centered else np.zeros(x.shape[1])
-        _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
-        self.components_ = vt.astype(np.float32)
+        self.mean_, axes = principal_axes(l2_normalize(data.corpus), centered=self.centered)
+        self.components_ = axes.astype(np.float32)
         return self
 
     def encode(self, x, dim):

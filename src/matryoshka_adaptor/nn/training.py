@@ -1,12 +1,24 @@
-"""Training loops: unsupervised (stage 1) and supervised (stage 2) with early stopping.
+"""The optimisation loop: unsupervised (stage 1) and supervised (stage 2), with validation,
+early stopping and a divergence guard.
 
-All data is moved to the device once; a step gathers its batch by index.
-Validation is a retrieval score, not a loss, because the loss can keep falling
-while the ranking the user cares about stops improving:
-- stage 1: recall@k of each held-out anchor's full-dim top-k among the m-prefix top-k
-  (logged only: it did not track query retrieval, see docs/ablations.md),
-- stage 2: nDCG@10 of held-out training queries (graded gains), averaged over the
-  Matryoshka dims; the best state seen is restored (early stopping).
+The trainer takes the whole :class:`~matryoshka_adaptor.config.AdaptorConfig` and the
+:class:`TrainingData` built once by the fit pipeline; all data moves to the device once and a step
+gathers its batch by index. The loss is a weighted sum over declared :data:`LOSS_TERMS`: each is a
+function of a batch plus the config field holding its weight, so a new term is one function and one
+entry (and its weight one config field).
+
+Validation is a retrieval score, not a loss, because the loss can keep falling while the ranking
+the user cares about stops improving:
+
+- stage 1: recall@k of each held-out anchor's full-dim top-k among the m-prefix top-k, averaged
+  over the dims. It is logged, not used to stop (it did not track query retrieval), except by the
+  divergence guard.
+- stage 2: nDCG@10 of held-out training queries (graded gains), averaged over the dims; the best
+  state seen is restored (early stopping).
+
+Divergence guard: a non-finite loss or weight, or a validation score that falls below
+``collapse_fraction`` of its starting value, stops the stage, restores the best weights seen and
+emits a :class:`~matryoshka_adaptor.errors.TrainingDivergedWarning`.
 """
 
 from __future__ import annotations
@@ -14,53 +26,195 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..config import AdaptorConfig
+from ..errors import TrainingDivergedWarning
 from . import losses
 from .module import AdaptorNet
 
 
-@dataclass
-class LossWeights:
-    """Weights of each loss term; the paper's objective is topk=1, pair=alpha, rec=beta, rank=gamma."""
-
-    topk: float = 1.0
-    pair: float = 1.0
-    rec: float = 1.0
-    listwise: float = 0.0
-    rank: float = 1.0
+# ------------------------------------------------------------------------------- data
 
 
 @dataclass
-class UnsupervisedData:
-    """Anchors (corpus rows and, optionally, unlabeled queries) with full-dim neighbours in ``corpus``."""
+class TrainingData:
+    """Everything a fit trains on, assembled once by the fit pipeline and passed to the trainer.
 
-    corpus: np.ndarray  # (n, d) unit vectors, the training sample of the corpus
-    anchors: np.ndarray  # (a, d) unit vectors
-    neighbor_idx: np.ndarray  # (a, k) rows of corpus
-    neighbor_sims: np.ndarray  # (a, k) full-dim cosines
-    corpus_anchors: int = 0  # the first anchors are corpus rows 0, 1, ... (the rest: queries)
+    Attributes
+    ----------
+    corpus : ndarray of shape (n, d)
+        Unit vectors: the training sample of the corpus.
+    anchors : ndarray of shape (a, d)
+        Unit vectors: corpus rows ``0 .. n_corpus_anchors - 1`` first, then (unlabelled) queries.
+    neighbor_idx, neighbor_sims : ndarray of shape (a, k)
+        Each anchor's full-dim nearest corpus rows and their cosines.
+    n_corpus_anchors : int
+        How many leading anchors are corpus rows (the rest are queries).
+    queries : ndarray of shape (q, d) or None
+        Unit query vectors of a supervised fit.
+    positives : list of list of (int, float) or None
+        Per query, its (corpus row, grade > 0) judgements.
+    hard_negatives : ndarray of shape (q, h) or None
+        Per query, its top full-dim corpus rows (unjudged ones act as negatives).
+    """
 
+    corpus: np.ndarray
+    anchors: np.ndarray
+    neighbor_idx: np.ndarray
+    neighbor_sims: np.ndarray
+    n_corpus_anchors: int
+    queries: np.ndarray | None = None
+    positives: list[list[tuple[int, float]]] | None = None
+    hard_negatives: np.ndarray | None = None
 
-@dataclass
-class SupervisedData:
-    queries: np.ndarray  # (q, d) unit vectors
-    positives: list[list[tuple[int, float]]]  # per query: (corpus row, grade > 0)
-    hard_negatives: np.ndarray | None = None  # (q, h) each query's top full-dim corpus rows
+    @property
+    def supervised(self) -> bool:
+        return self.positives is not None
 
 
 @dataclass
 class TrainState:
+    """What one stage did: validation history, best step and score, whether the guard stopped it."""
+
     history: list[dict] = field(default_factory=list)
     best_step: int = 0
     best_score: float = -math.inf
     initial_score: float | None = None
     steps_run: int = 0
+    diverged: str | None = None
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class UnsupervisedBatch:
+    """One step's anchors and pool, passed through the network (what unsupervised terms see)."""
+
+    adapted: torch.Tensor  # (B + P, d): adapted anchors, then adapted pool rows
+    anchors_adapted: torch.Tensor  # (B, d): adapted[:B]
+    rotated: torch.Tensor  # (B + P, d): the rotated inputs z (the reconstruction target)
+    anchor_ids: torch.Tensor  # (B,)
+    pool_rows: torch.Tensor  # (P,) corpus rows: the anchors' neighbours, then random rows
+    neighbor_sims: torch.Tensor  # (B, k) full-dim cosines of each anchor with its neighbours
+    n_corpus_anchors: int
+    dims: tuple[int, ...]
+    config: AdaptorConfig
+
+    @property
+    def n(self) -> int:
+        return self.anchor_ids.shape[0]
+
+    @cached_property
+    def target(self) -> torch.Tensor:
+        """Full-dim cosines of every batch row: constants (a learned rotation leaves them unchanged)."""
+        z = self.rotated.detach()
+        return z[: self.n] @ z.T
+
+
+@dataclass
+class SupervisedBatch:
+    """Adapted labelled queries and their pool of documents with true grades."""
+
+    queries: torch.Tensor  # (B, d) adapted
+    docs: torch.Tensor  # (N, d) adapted
+    grades: torch.Tensor  # (B, N)
+    as_positive: torch.Tensor  # (B, N) which docs act as each query's positive j
+    dims: tuple[int, ...]
+    config: AdaptorConfig
+
+
+def _topk_term(b: UnsupervisedBatch) -> torch.Tensor:
+    k = b.neighbor_sims.shape[1]
+    neighbours = b.adapted[b.n : b.n + b.n * k].view(b.n, k, -1)
+    return losses.topk_similarity_loss(b.anchors_adapted, neighbours, b.neighbor_sims, b.dims)
+
+
+def _pair_term(b: UnsupervisedBatch) -> torch.Tensor:
+    z = b.rotated[: b.n].detach()
+    return losses.pairwise_similarity_loss(b.anchors_adapted, z @ z.T, b.dims)
+
+
+def _reconstruction_term(b: UnsupervisedBatch) -> torch.Tensor:
+    return losses.reconstruction_loss(b.adapted, b.rotated)
+
+
+def _listwise_term(b: UnsupervisedBatch) -> torch.Tensor:
+    # Pool = the batch's anchors, all their neighbours and `listwise_negatives` random corpus rows:
+    # each anchor's own top-k are the positives, the others' neighbours are hard negatives, the
+    # random rows stand for the rest of the corpus.
+    mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors)
+    return losses.listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
+                                             temperature=b.config.temperature, mask=mask)
+
+
+def _ranking_term(b: SupervisedBatch) -> torch.Tensor:
+    return losses.ranking_loss(b.queries, b.docs, b.grades, b.dims, scale=b.config.rank_scale,
+                               positive_mask=b.as_positive)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the objective.
+
+    Attributes
+    ----------
+    name : str
+        Its key in the history and in :func:`stage_weights`.
+    fn : callable
+        ``fn(batch) -> scalar Tensor``; a :class:`SupervisedBatch` when ``supervised``, else an
+        :class:`UnsupervisedBatch`.
+    weight : str
+        The ``AdaptorConfig`` field holding its weight.
+    stage2_weight : str or None
+        The field holding its weight in the supervised stage, when that differs.
+    supervised : bool
+        Computed on labelled queries (stage 2 only).
+    """
+
+    name: str
+    fn: Callable
+    weight: str
+    stage2_weight: str | None = None
+    supervised: bool = False
+
+    def weight_in(self, config: AdaptorConfig, stage: int) -> float:
+        return getattr(config, self.stage2_weight if stage == 2 and self.stage2_weight else self.weight)
+
+
+# The objective. Terms with weight 0 are not computed. Stage 2 adds the supervised terms to these.
+LOSS_TERMS: tuple[LossTerm, ...] = (
+    LossTerm("topk", _topk_term, "topk_weight"),
+    LossTerm("pair", _pair_term, "alpha"),
+    LossTerm("rec", _reconstruction_term, "beta", stage2_weight="supervised_beta"),
+    LossTerm("listwise", _listwise_term, "listwise_weight"),
+    LossTerm("rank", _ranking_term, "gamma", supervised=True),
+)
+
+
+def stage_weights(config: AdaptorConfig, stage: int) -> dict[str, float]:
+    """The weight of every loss term in ``stage`` (1: unsupervised, 2: supervised), from the config."""
+    return {t.name: float(t.weight_in(config, stage)) for t in LOSS_TERMS if stage == 2 or not t.supervised}
+
+
+def weighted_sum(terms, weights: dict[str, float], batch) -> tuple[torch.Tensor | None, dict]:
+    """Sum of weight * term over the terms with a non-zero weight (None when there is none)."""
+    total, parts = None, {}
+    for term in terms:
+        w = weights[term.name]
+        if w:
+            parts[term.name] = term.fn(batch)
+            total = w * parts[term.name] if total is None else total + w * parts[term.name]
+    return total, parts
 
 
 def listwise_pool_mask(anchor_ids: torch.Tensor, pool_rows: torch.Tensor, n_corpus_anchors: int) -> torch.Tensor:
@@ -112,55 +266,45 @@ def _split(n: int, fraction: float, rng: np.random.Generator, cap: int) -> tuple
 
 
 class Trainer:
-    """Runs the optimisation of an ``AdaptorNet``; one instance per fit."""
+    """Runs the optimisation of an ``AdaptorNet``; one instance per fit.
 
-    def __init__(
-        self,
-        net: AdaptorNet,
-        dims: tuple[int, ...],
-        weights: LossWeights,
-        *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        batch_size: int = 128,
-        temperature: float = 0.05,
-        rank_scale: float = 1.0,
-        random_negatives: int = 64,
-        listwise_negatives: int = 0,
-        query_fraction: float = 0.0,
-        ema_decay: float = 0.0,
-        dynamic_negatives: int = 0,
-        max_positives: int = 8,
-        validation_fraction: float = 0.1,
-        eval_every: int = 100,
-        patience: int = 5,
-        seed: int = 0,
-        device: str = "cpu",
-        progress: bool = True,
-    ):
+    Parameters
+    ----------
+    net : AdaptorNet
+        The network to train (moved to ``device``).
+    dims : tuple of int
+        The Matryoshka dims every loss and validation averages over.
+    config : AdaptorConfig
+        Every setting: loss weights per stage, steps, batch size, optimiser, validation.
+    data : TrainingData
+        The training data, moved to ``device`` once.
+    device : str, default "cpu"
+
+    Attributes
+    ----------
+    net, dims, config, data, device
+        As given.
+    rng : numpy Generator, gen : torch Generator
+        The fit's random streams (both seeded with ``config.seed``).
+    corpus, anchors, neighbor_idx, neighbor_sims, queries : Tensor
+        ``data`` on the device.
+    """
+
+    def __init__(self, net: AdaptorNet, dims: tuple[int, ...], config: AdaptorConfig, data: TrainingData,
+                 *, device: str = "cpu"):
         self.net = net.to(device)
-        self.dims = dims
-        self.w = weights
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.temperature = temperature
-        self.rank_scale = rank_scale
-        self.random_negatives = random_negatives
-        self.listwise_negatives = listwise_negatives
-        self.query_fraction = query_fraction
-        self.ema_decay = ema_decay
-        self.dynamic_negatives = dynamic_negatives
-        self.max_positives = max_positives
-        self.validation_fraction = validation_fraction
-        self.eval_every = eval_every
-        self.patience = patience
+        self.dims = tuple(dims)
+        self.config = config
         self.device = device
-        self.progress = progress
-        self.rng = np.random.default_rng(seed)
-        self._hard: np.ndarray | None = None
+        self.rng = np.random.default_rng(config.seed)
+        self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.data = data
+        self.corpus = self._t(data.corpus)
+        self.anchors = self._t(data.anchors)
+        self.neighbor_idx = self._t(data.neighbor_idx, torch.long)
+        self.neighbor_sims = self._t(data.neighbor_sims)
+        self.queries = self._t(data.queries) if data.queries is not None else None
         self._dynamic_hard: np.ndarray | None = None
-        self.gen = torch.Generator(device="cpu").manual_seed(seed)
 
     # ----------------------------------------------------------------- helpers
     def _t(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -172,11 +316,11 @@ class Trainer:
     def _anchor_sampler(self, ids: np.ndarray, size: int, query_fraction: float):
         """Draws a batch of anchor ids, at least a ``query_fraction`` share of them query anchors.
 
-        Queries are often few next to documents (566 vs 5,183 on SciFact), yet query -> document
-        order is what retrieval needs; a minimum share keeps them from being drowned out. Where
-        queries already make up that share, anchors are drawn uniformly.
+        Queries are often far fewer than documents, yet query -> document order is what retrieval
+        needs; a minimum share keeps them from being drowned out. Where queries already make up
+        that share, anchors are drawn uniformly.
         """
-        is_query = ids >= self._n_corpus_anchors
+        is_query = ids >= self.data.n_corpus_anchors
         groups = [self._t(ids, torch.long)]
         n_query = 0
         if 0 < is_query.mean() < query_fraction:
@@ -192,62 +336,40 @@ class Trainer:
 
         return draw
 
-    def _unsupervised_loss(self, anchor_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        a = self._anchors[anchor_ids]
-        nb_idx = self._nb_idx[anchor_ids]  # (B, k)
-        b, k = nb_idx.shape
+    def unsupervised_batch(self, anchor_ids: torch.Tensor, weights: dict[str, float]) -> UnsupervisedBatch:
+        """The anchors, their neighbours (and random rows for the listwise pool), adapted."""
+        nb_idx = self.neighbor_idx[anchor_ids]  # (B, k)
         rows = [nb_idx.reshape(-1)]
-        if self.w.listwise and self.listwise_negatives:
-            rows.append(self._randint(self._corpus.shape[0], self.listwise_negatives))
+        if weights.get("listwise") and self.config.listwise_negatives:
+            rows.append(self._randint(self.corpus.shape[0], self.config.listwise_negatives))
         pool_rows = torch.cat(rows)
-        adapted, z = self.net(torch.cat([a, self._corpus[pool_rows]]))
-        ad_a, z_a = adapted[:b], z[:b]
-        # Targets are full-dim cosines: constants (a learned rotation leaves them unchanged).
-        z_const = z.detach()
-        z_a_const = z_const[:b]
-        parts = {}
-        total = adapted.new_zeros(())
-        if self.w.topk:
-            parts["topk"] = losses.topk_similarity_loss(ad_a, adapted[b : b + b * k].view(b, k, -1),
-                                                        self._nb_sims[anchor_ids], self.dims)
-            total = total + self.w.topk * parts["topk"]
-        if self.w.pair:
-            parts["pair"] = losses.pairwise_similarity_loss(ad_a, z_a_const @ z_a_const.T, self.dims)
-            total = total + self.w.pair * parts["pair"]
-        if self.w.rec:
-            parts["rec"] = losses.reconstruction_loss(adapted, z)
-            total = total + self.w.rec * parts["rec"]
-        if self.w.listwise:
-            # Pool = the batch's anchors, all their neighbours and `listwise_negatives` random corpus
-            # rows: each anchor's own top-k are the positives, the others' neighbours are hard
-            # negatives, the random rows stand for the rest of the corpus.
-            mask = listwise_pool_mask(anchor_ids, pool_rows, self._n_corpus_anchors)
-            parts["listwise"] = losses.listwise_distillation_loss(
-                ad_a, adapted, z_a_const @ z_const.T, self.dims, temperature=self.temperature, mask=mask
-            )
-            total = total + self.w.listwise * parts["listwise"]
-        return total, parts
+        adapted, z = self.net(torch.cat([self.anchors[anchor_ids], self.corpus[pool_rows]]))
+        # The anchors' slice is taken once, here, before any term: every term shares the same
+        # graph node (and autograd accumulates their gradients in a fixed order).
+        return UnsupervisedBatch(adapted, adapted[: len(anchor_ids)], z, anchor_ids, pool_rows, self.neighbor_sims[anchor_ids],
+                                 self.data.n_corpus_anchors, self.dims, self.config)
 
-    def _supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pool corpus rows, grades (B, pool), which pool docs act as each query's positive j).
 
-        Pool: up to `max_positives` sampled positives of each batch query, random corpus rows,
-        and each query's `hard_negatives` (its top full-dim neighbours). Every pool doc keeps its
-        true grade for every query, so a sampled positive of one query is never counted as a
-        negative of another that also judged it relevant. Only a query's own sampled positives
-        act as j in the ranking pairs, which bounds the (dims x B x P x pool) tensor when queries
-        have hundreds of judgements (NFCorpus).
+        Pool: up to ``max_positives`` sampled positives of each batch query, ``random_negatives``
+        random corpus rows, and each query's hard negatives (full-dim and, when on, adapted-space).
+        Every pool doc keeps its true grade for every query, so a sampled positive of one query is
+        never counted as a negative of another that also judged it relevant. Only a query's own
+        sampled positives act as j in the ranking pairs, which bounds the (dims x B x P x pool)
+        tensor when queries have hundreds of judgements.
         """
+        positives, cap = self.data.positives, self.config.max_positives
         sampled: list[list[int]] = []
         for q in query_ids:
-            plist = self._positives[q]
-            if len(plist) > self.max_positives:
-                pick = self.rng.choice(len(plist), size=self.max_positives, replace=False)
+            plist = positives[q]
+            if len(plist) > cap:
+                pick = self.rng.choice(len(plist), size=cap, replace=False)
                 plist = [plist[i] for i in pick]
             sampled.append([r for r, _ in plist])
-        other_rows = self.rng.integers(0, self._corpus.shape[0], size=self.random_negatives).tolist()
-        if self._hard is not None:
-            other_rows += self._hard[query_ids].reshape(-1).tolist()
+        other_rows = self.rng.integers(0, self.corpus.shape[0], size=self.config.random_negatives).tolist()
+        if self.data.hard_negatives is not None:
+            other_rows += self.data.hard_negatives[query_ids].reshape(-1).tolist()
         if self._dynamic_hard is not None:
             other_rows += self._dynamic_hard[query_ids].reshape(-1).tolist()
         pool_rows = np.unique(np.asarray([r for rows in sampled for r in rows] + other_rows, dtype=np.int64))
@@ -255,22 +377,22 @@ class Trainer:
         grades = np.zeros((len(query_ids), len(pool_rows)), dtype=np.float32)
         as_j = np.zeros_like(grades, dtype=bool)
         for i, q in enumerate(query_ids):
-            for r, g in self._positives[q]:
+            for r, g in positives[q]:
                 j = col.get(r)
                 if j is not None:
                     grades[i, j] = g
             as_j[i, [col[r] for r in sampled[i]]] = True
         return pool_rows, grades, as_j
 
-    def _supervised_loss(self, query_ids: np.ndarray) -> tuple[torch.Tensor, dict]:
-        pool_rows, grades, as_j = self._supervised_pool(query_ids)
-        docs = self._corpus[self._t(pool_rows, torch.long)]
-        q_adapted, _ = self.net(self._queries[self._t(query_ids, torch.long)])
+    def supervised_batch(self, query_ids: np.ndarray) -> SupervisedBatch:
+        pool_rows, grades, as_j = self.supervised_pool(query_ids)
+        docs = self.corpus[self._t(pool_rows, torch.long)]
+        q_adapted, _ = self.net(self.queries[self._t(query_ids, torch.long)])
         d_adapted, _ = self.net(docs)
-        loss = losses.ranking_loss(q_adapted, d_adapted, self._t(grades), self.dims, scale=self.rank_scale,
-                                   positive_mask=self._t(as_j, torch.bool))
-        return self.w.rank * loss, {"rank": loss}
+        return SupervisedBatch(q_adapted, d_adapted, self._t(grades), self._t(as_j, torch.bool), self.dims,
+                               self.config)
 
+    # -------------------------------------------------------------- validation
     @torch.no_grad()
     def _adapt_all(self, x: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
         with parametrize.cached():
@@ -283,12 +405,12 @@ class Trainer:
         return (qn @ cn.T).topk(k, dim=1).indices
 
     @torch.no_grad()
-    def _neighbor_recall(self, val_ids: torch.Tensor) -> float:
+    def neighbor_recall(self, val_ids: torch.Tensor) -> float:
         """Mean over dims of recall of full-dim top-k among m-prefix top-k (held-out anchors)."""
         self.net.eval()
-        corpus = self._adapt_all(self._corpus)
-        anchors = self._adapt_all(self._anchors[val_ids])
-        true = self._nb_idx[val_ids]
+        corpus = self._adapt_all(self.corpus)
+        anchors = self._adapt_all(self.anchors[val_ids])
+        true = self.neighbor_idx[val_ids]
         k = true.shape[1]
         scores = []
         for m in self.dims:
@@ -299,15 +421,15 @@ class Trainer:
         return float(np.mean(scores))
 
     @torch.no_grad()
-    def _query_ndcg(self, val_queries: np.ndarray, k: int = 10) -> float:
+    def query_ndcg(self, val_queries: np.ndarray, k: int = 10) -> float:
         """Mean over dims of nDCG@k (linear gain) of held-out training queries: early stopping only."""
         self.net.eval()
-        corpus = self._adapt_all(self._corpus)
-        queries = self._adapt_all(self._queries[self._t(val_queries, torch.long)])
+        corpus = self._adapt_all(self.corpus)
+        queries = self._adapt_all(self.queries[self._t(val_queries, torch.long)])
         n = corpus.shape[0]
         gains = torch.zeros(len(val_queries), n, device=self.device)
         for i, q in enumerate(val_queries):
-            for r, g in self._positives[q]:
+            for r, g in self.data.positives[q]:
                 gains[i, r] = g
         discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=self.device, dtype=torch.float32))
         ideal = (gains.topk(min(k, n), dim=1).values * discount[: min(k, n)]).sum(1)
@@ -320,16 +442,16 @@ class Trainer:
         return float(np.mean(scores))
 
     @torch.no_grad()
-    def _mine_adapted_negatives(self, h: int, chunk: int = 128) -> np.ndarray:
+    def mine_adapted_negatives(self, h: int, chunk: int = 128) -> np.ndarray:
         """Each query's top-h corpus rows by its mean m-prefix cosine in the *current* adapted space.
 
         Full-dim hard negatives are the documents the original model confuses; the ones that
         confuse short prefixes are different, and move as training goes, so they are re-mined
-        every `eval_every` steps (as ANCE does for dense retrievers).
+        every ``eval_every`` steps (as ANCE does for dense retrievers).
         """
         self.net.eval()
-        corpus = self._adapt_all(self._corpus)
-        queries = self._adapt_all(self._queries)
+        corpus = self._adapt_all(self.corpus)
+        queries = self._adapt_all(self.queries)
         out = []
         for s in range(0, queries.shape[0], chunk):
             scores = losses.prefix_cosine_matrix(queries[s : s + chunk], corpus, self.dims).mean(0)
@@ -337,19 +459,25 @@ class Trainer:
         self.net.train()
         return np.concatenate(out)
 
-    # ------------------------------------------------------------------- stages
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.net.parameters())
+
+    # ------------------------------------------------------------------- loop
     def _loop(self, steps: int, step_fn, val_fn, desc: str, *, early_stopping: bool = True,
               before_step=None) -> TrainState:
+        cfg = self.config
         state = TrainState()
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = copy.deepcopy(self.net.state_dict())
         state.best_score = val_fn() if val_fn else -math.inf
         state.initial_score = state.best_score if val_fn else None
+        collapse_below = (cfg.collapse_fraction * state.initial_score
+                          if val_fn and cfg.collapse_fraction and state.initial_score > 0 else None)
         bad_evals = 0
         # Exponential moving average of the weights (Polyak averaging): the averaged weights are
         # the ones validated, kept and returned; the raw ones only take the optimiser's steps.
-        ema = EMAWeights(self.net, self.ema_decay) if self.ema_decay else None
-        bar = tqdm(range(1, steps + 1), desc=desc, disable=not self.progress, unit="step")
+        ema = EMAWeights(self.net, cfg.ema_decay) if cfg.ema_decay else None
+        bar = tqdm(range(1, steps + 1), desc=desc, disable=not cfg.progress, unit="step")
         for step in bar:
             if before_step is not None:
                 # Outside the cache below: a no-grad pass inside it would leave the rotation
@@ -359,30 +487,48 @@ class Trainer:
             # reused by every forward pass of the step instead of once per pass.
             with parametrize.cached():
                 loss, parts = step_fn()
+            if not torch.isfinite(loss):
+                state.diverged = f"the loss became {loss.item()} at step {step}"
+                break
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if loss.requires_grad:
+                loss.backward()
+                opt.step()
             if ema is not None:
                 ema.update()
             state.steps_run = step
             if step % 20 == 0 or step == 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}", best=f"{state.best_score:.4f}")
-            if val_fn and (step % self.eval_every == 0 or step == steps):
+            if val_fn and (step % cfg.eval_every == 0 or step == steps):
                 with ema.swapped_in() if ema is not None else contextlib.nullcontext():
                     score = val_fn()
-                    improved = score > state.best_score + 1e-5
+                    improved = score > state.best_score + cfg.min_improvement
                     if improved:  # inside: with EMA on, the averaged weights are the ones kept
                         best = copy.deepcopy(self.net.state_dict())
                 state.history.append({"step": step, "loss": float(loss.item()), "val": score,
                                       **{k: float(v.item()) for k, v in parts.items()}})
+                if not math.isfinite(score) or not self._weights_finite():
+                    state.diverged = f"the weights became non-finite by step {step}"
+                    break
+                if collapse_below is not None and score < collapse_below:
+                    state.diverged = (f"the validation score fell from {state.initial_score:.3f} to {score:.3f} "
+                                      f"at step {step} (below collapse_fraction={cfg.collapse_fraction})")
+                    break
                 if improved:
                     state.best_score, state.best_step, bad_evals = score, step, 0
                 else:
                     bad_evals += 1
-                    if early_stopping and bad_evals >= self.patience:
+                    if early_stopping and bad_evals >= cfg.patience:
                         break
         bar.close()
-        if val_fn and early_stopping:
+        if state.diverged is None and val_fn is None and not self._weights_finite():
+            state.diverged = "the weights became non-finite"
+        if state.diverged is not None:
+            self.net.load_state_dict(best)
+            warnings.warn(f"{desc}: training diverged ({state.diverged}); stopped and restored the best weights "
+                          f"seen (step {state.best_step}). Lower lr (now {cfg.lr}) or check the input vectors.",
+                          TrainingDivergedWarning, stacklevel=2)
+        elif val_fn and early_stopping:
             self.net.load_state_dict(best)
         else:
             if ema is not None:
@@ -390,57 +536,55 @@ class Trainer:
             state.best_step = state.steps_run
         return state
 
-    def fit_unsupervised(self, data: UnsupervisedData, steps: int) -> TrainState:
-        self._corpus = self._t(data.corpus)
-        self._anchors = self._t(data.anchors)
-        self._n_corpus_anchors = data.corpus_anchors
-        self._nb_idx = self._t(data.neighbor_idx, torch.long)
-        self._nb_sims = self._t(data.neighbor_sims)
-        train_ids, val_ids = _split(len(data.anchors), self.validation_fraction, self.rng, cap=512)
+    def fit_unsupervised(self) -> TrainState:
+        """Stage 1: the unsupervised terms for ``config.steps`` steps."""
+        cfg, data = self.config, self.data
+        weights = stage_weights(cfg, 1)
+        train_ids, val_ids = _split(len(data.anchors), cfg.validation_fraction, self.rng,
+                                    cap=cfg.max_validation_anchors)
         val_t = self._t(val_ids, torch.long)
-        bs = min(self.batch_size, len(train_ids))
-        draw = self._anchor_sampler(train_ids, bs, self.query_fraction)
+        draw = self._anchor_sampler(train_ids, min(cfg.batch_size, len(train_ids)), cfg.query_fraction)
+        unsupervised = [t for t in LOSS_TERMS if not t.supervised]
 
         def step():
-            return self._unsupervised_loss(draw())
+            total, parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw(), weights))
+            return (self.anchors.new_zeros(()) if total is None else total), parts
 
-        val = (lambda: self._neighbor_recall(val_t)) if len(val_ids) else None
-        # Held-out neighbour recall is logged, not used to stop: in docs/ablations.md it did not
-        # track query retrieval quality (it fell while dev nDCG rose), so stage 1 runs all its steps.
-        return self._loop(steps, step, val, "fit (unsupervised)", early_stopping=False)
+        val = (lambda: self.neighbor_recall(val_t)) if len(val_ids) else None
+        # Held-out neighbour recall is logged, not used to stop: it did not track query retrieval
+        # quality (docs/ablations.md), so stage 1 runs all its steps unless the guard stops it.
+        return self._loop(cfg.steps, step, val, "fit (unsupervised)", early_stopping=False)
 
-    def fit_supervised(self, unsup: UnsupervisedData, sup: SupervisedData, steps: int) -> TrainState:
-        """Stage 2: gamma * L_rank on labeled queries plus the unsupervised terms on queries and corpus."""
-        self._corpus = self._t(unsup.corpus)
-        self._anchors = self._t(unsup.anchors)
-        self._n_corpus_anchors = unsup.corpus_anchors
-        self._nb_idx = self._t(unsup.neighbor_idx, torch.long)
-        self._nb_sims = self._t(unsup.neighbor_sims)
-        self._queries = self._t(sup.queries)
-        self._positives = sup.positives
-        self._hard = sup.hard_negatives
+    def fit_supervised(self) -> TrainState:
+        """Stage 2: the supervised terms on labelled queries plus the unsupervised terms (stage-2 weights)."""
+        cfg, data = self.config, self.data
+        if not data.supervised:
+            raise ValueError("fit_supervised needs TrainingData with queries and positives")
+        weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
-        labeled = np.flatnonzero([len(p) > 0 for p in sup.positives])
-        train_q, val_q = _split(len(labeled), self.validation_fraction, self.rng, cap=1000)
+        labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
+        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries)
         train_q, val_q = labeled[train_q], labeled[val_q]
-        bs = min(self.batch_size, len(train_q))
-        n_anchors = len(unsup.anchors)
+        bs = min(cfg.batch_size, len(train_q))
+        n_anchors = len(data.anchors)
         # Uniform anchors here: a raised query share lowered dev nDCG in this stage (docs/ablations.md).
-        draw_anchors = self._anchor_sampler(np.arange(n_anchors), min(self.batch_size, n_anchors), 0.0)
+        draw_anchors = self._anchor_sampler(np.arange(n_anchors), min(cfg.batch_size, n_anchors), 0.0)
+        supervised = [t for t in LOSS_TERMS if t.supervised]
+        unsupervised = [t for t in LOSS_TERMS if not t.supervised]
 
         def remine(step: int) -> None:
-            if (step - 1) % self.eval_every == 0:
-                self._dynamic_hard = self._mine_adapted_negatives(self.dynamic_negatives)
+            if (step - 1) % cfg.eval_every == 0:
+                self._dynamic_hard = self.mine_adapted_negatives(cfg.dynamic_negatives)
 
         def step():
             q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
-            loss, parts = self._supervised_loss(q)
-            if any((self.w.topk, self.w.pair, self.w.rec, self.w.listwise)):
-                u_loss, u_parts = self._unsupervised_loss(draw_anchors())
-                loss = loss + u_loss
+            loss, parts = weighted_sum(supervised, weights, self.supervised_batch(q))
+            if any(weights[t.name] for t in unsupervised):
+                u_loss, u_parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw_anchors(), weights))
+                loss = u_loss if loss is None else loss + u_loss
                 parts.update(u_parts)
-            return loss, parts
+            return (self.anchors.new_zeros(()) if loss is None else loss), parts
 
-        val = (lambda: self._query_ndcg(val_q)) if len(val_q) else None
-        return self._loop(steps, step, val, "fit (supervised)",
-                          before_step=remine if self.dynamic_negatives else None)
+        val = (lambda: self.query_ndcg(val_q)) if len(val_q) else None
+        return self._loop(cfg.supervised_steps, step, val, "fit (supervised)",
+                          before_step=remine if cfg.dynamic_negatives else None)

@@ -28,7 +28,7 @@ def build_app(*, adaptor: str | Path | None = None, upstream: str | None = None,
     native_dim = None
     if local_model is not None:
         source = SentenceTransformerSource(local_model)
-        model = source._load()  # load now: a bad path fails at start-up, not on the first request
+        model = source.load_model()  # load now: a bad path fails at start-up, not on the first request
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         native_dim = get_dim()
         if est is not None and native_dim != est.input_dim_:

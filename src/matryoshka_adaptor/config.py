@@ -1,0 +1,323 @@
+"""The one definition of every fitting hyper-parameter: type, default, meaning and valid range.
+
+``AdaptorConfig`` is a frozen dataclass. Each field declares its default once, a one-line
+description and a constraint (modelled on scikit-learn's ``_parameter_constraints``) that is
+checked when a config is built, so a bad value fails at once with one line naming the parameter,
+the value and the valid range. The estimator's parameters, the training recipes, the trainer and
+the command line all read from here.
+
+A recipe is a partial config: a mapping of field names to values applied over the defaults (the
+defaults *are* the ``"default"`` recipe). Explicitly given values override the recipe's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+# --------------------------------------------------------------------------- constraints
+
+
+class Constraint:
+    """A check on one value; ``describe`` is the valid range as shown to a user."""
+
+    def check(self, value: Any) -> Any:  # returns the value, normalised (e.g. int(np.int64(3)))
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class _Bad(Exception):
+    """Raised by a constraint; turned into one ``InputError`` line naming the parameter."""
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """A real or integer number in [low, high] (``None``: unbounded; ``open_low``/``open_high``: strict)."""
+
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, value):
+        if isinstance(value, (bool, np.bool_)):
+            raise _Bad
+        if self.kind is int:
+            if not isinstance(value, Integral):
+                raise _Bad
+            value = int(value)
+        else:
+            if not isinstance(value, Real):
+                raise _Bad
+            value = float(value)
+            if math.isnan(value) or math.isinf(value):
+                raise _Bad
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            raise _Bad
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            raise _Bad
+        return value
+
+    def describe(self) -> str:
+        name = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is None:
+            return f"{name} {'>' if self.open_low else '>='} {_num(self.low)}"
+        if self.high is not None and self.low is None:
+            return f"{name} {'<' if self.open_high else '<='} {_num(self.high)}"
+        if self.low is None:
+            return name
+        return (f"{name} in {'(' if self.open_low else '['}{_num(self.low)}, "
+                f"{_num(self.high)}{')' if self.open_high else ']'}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a fixed set of strings."""
+
+    choices: tuple[str, ...]
+
+    def check(self, value):
+        if not isinstance(value, str) or value not in self.choices:
+            raise _Bad
+        return value
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+
+class Boolean(Constraint):
+    def check(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise _Bad
+        return bool(value)
+
+    def describe(self) -> str:
+        return "True or False"
+
+
+class Text(Constraint):
+    def check(self, value):
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad
+        return value
+
+    def describe(self) -> str:
+        return "a non-empty string"
+
+
+class Dims(Constraint):
+    """Matryoshka dims: one positive integer or a sequence of them (sorted, de-duplicated).
+
+    Strings, booleans and non-integral numbers are refused rather than converted: ``"64"`` is
+    not the dims (6, 4) and ``32.7`` is not 32. The upper bound (the input dimension) is only
+    known at ``fit``.
+    """
+
+    def check(self, value):
+        if isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            value = (value,)
+        if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+            raise _Bad
+        values = list(value)
+        if not values:
+            raise _Bad
+        for m in values:
+            if isinstance(m, (bool, np.bool_)) or not isinstance(m, Integral) or m < 1:
+                raise _Bad
+        return tuple(sorted({int(m) for m in values}))
+
+    def describe(self) -> str:
+        return "positive integers, e.g. (32, 64, 128)"
+
+
+def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = False) -> Any:
+    """A config field: its default, its constraint, its documentation; ``optional`` allows None."""
+    return field(default=default, metadata={"constraint": constraint, "doc": doc, "optional": optional})
+
+
+# --------------------------------------------------------------------------------- config
+
+NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
+INITS = ("pca", "identity")
+RECIPE_NAMES = ("default", "paper")
+
+
+@dataclass(frozen=True)
+class AdaptorConfig:
+    """Every setting of a fit, validated at construction (frozen: build a new one to change it).
+
+    The defaults are the ``"default"`` recipe. ``AdaptorConfig.from_recipe("paper", steps=800)``
+    applies a recipe and overrides; ``dataclasses.replace(config, lr=1e-4)`` makes a variant.
+    ``AdaptorConfig.describe()`` lists every field with its type, default and range.
+
+    Attributes
+    ----------
+{fields}
+    """
+
+    # Architecture and start
+    dims: tuple[int, ...] | None = param(None, Dims(), "Matryoshka dims trained jointly (None: 16, 32, ... below d, and d).",
+                                         optional=True)
+    recipe: str = param("default", Options(RECIPE_NAMES), "Named recipe the other values came from (a record).")
+    hidden_dim: int | None = param(None, Interval(int, 1), "MLP width (None: the input dim).", optional=True)
+    depth: int = param(2, Interval(int, 1), "Linear layers of the residual MLP (1: a single linear layer).")
+    init: str = param("pca", Options(INITS), "Start: 'pca' (uncentred PCA rotation of the corpus) or 'identity'.")
+    learn_rotation: bool = param(True, Boolean(),
+                                 "Train the rotation too, kept exactly orthogonal (saved as a fixed matrix).")
+    # Unsupervised losses (stage 1, and stage 2 next to the ranking loss)
+    k: int = param(10, Interval(int, 1), "Neighbours per anchor, mined on the original full-dim vectors.")
+    topk_weight: float = param(0.0, Interval(float, 0), "Weight of the paper's top-k similarity loss.")
+    alpha: float = param(0.0, Interval(float, 0), "Weight of the pairwise similarity loss.")
+    beta: float = param(20.0, Interval(float, 0), "Weight of the reconstruction loss in stage 1.")
+    listwise_weight: float = param(1.0, Interval(float, 0), "Weight of the listwise KL distillation term.")
+    temperature: float = param(0.05, Interval(float, 0, open_low=True), "Softmax temperature of the listwise term.")
+    listwise_negatives: int = param(0, Interval(int, 0),
+                                    "Random corpus rows added to the listwise pool of every unsupervised step.")
+    query_fraction: float = param(0.25, Interval(float, 0, 1),
+                                  "Minimum share of query anchors per batch in an unsupervised fit with queries "
+                                  "(0: uniform; supervised fits always draw uniformly).")
+    use_queries: bool = param(True, Boolean(), "Let the unsupervised losses also see query vectors (no labels).")
+    # Supervised stage (stage 2)
+    gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
+    supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
+    rank_scale: float = param(20.0, Interval(float, 0, open_low=True),
+                              "Multiplies cosine differences inside the ranking loss (1: the paper).")
+    random_negatives: int = param(64, Interval(int, 0), "Random corpus rows in each supervised batch.")
+    hard_negatives: int = param(16, Interval(int, 0),
+                                "Per labelled query, its top full-dim corpus neighbours added to the batch.")
+    dynamic_negatives: int = param(16, Interval(int, 0),
+                                   "Per labelled query, its top rows in the current adapted space, re-mined every "
+                                   "eval_every steps (0: off).")
+    max_positives: int = param(8, Interval(int, 1), "Positives sampled per query and batch (bounds the pair tensor).")
+    # Optimisation
+    steps: int = param(400, Interval(int, 0), "Steps of stage 1.")
+    supervised_steps: int = param(1000, Interval(int, 0), "Maximum steps of stage 2 (early stopping may end sooner).")
+    batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
+    lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
+                      "Adam learning rate (the divergence guard catches values that are too high).")
+    weight_decay: float = param(0.0, Interval(float, 0), "Adam weight decay.")
+    ema_decay: float = param(0.0, Interval(float, 0, 1, open_high=True),
+                             "Exponential moving average of the weights (0: off); the averaged weights are kept.")
+    # Validation, early stopping and the divergence guard
+    validation_fraction: float = param(0.1, Interval(float, 0, 1, open_high=True),
+                                       "Share of anchors / labelled queries held out for validation.")
+    max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
+    max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
+    eval_every: int = param(100, Interval(int, 1), "Steps between validations.")
+    patience: int = param(5, Interval(int, 1), "Validations without improvement before stage 2 stops.")
+    min_improvement: float = param(1e-5, Interval(float, 0), "Smallest validation gain that counts as better.")
+    collapse_fraction: float = param(0.5, Interval(float, 0, 1, open_high=True),
+                                     "Divergence guard: stop, restore the best weights and warn when the validation "
+                                     "score falls below this share of its starting value (0: off; non-finite loss or "
+                                     "weights always stop).")
+    # Data and runtime
+    max_fit_vectors: int = param(50_000, Interval(int, 2), "Corpus rows sampled for fitting.")
+    neighbor_search: str = param("auto", Options(NEIGHBOR_SEARCH), "Neighbour mining: 'auto', 'exact' or 'faiss'.")
+    seed: int = param(0, Interval(int, 0), "Seed of every random choice of the fit.")
+    device: str = param("auto", Text(), "'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
+    progress: bool = param(True, Boolean(), "Show progress bars.")
+    base_model: str | None = param(None, Text(), "Name of the embedding model, stored with the adaptor.",
+                                   optional=True)
+
+    def __post_init__(self):
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_param(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "default", **overrides) -> AdaptorConfig:
+        """The recipe's values over the defaults, then ``overrides`` (``None`` values are ignored)."""
+        check_param("recipe", recipe)
+        unknown = sorted(set(overrides) - set(FIELDS))
+        if unknown:
+            raise InputError(f"unknown parameter {unknown[0]!r}; valid parameters: {', '.join(FIELDS)}.")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**RECIPES[recipe], **given, "recipe": recipe})
+
+    def replace(self, **changes) -> AdaptorConfig:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-able values (dims as a list)."""
+        out = dataclasses.asdict(self)
+        if out["dims"] is not None:
+            out["dims"] = list(out["dims"])
+        return out
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per field: name, default, valid range and meaning (used by ``fit --help``)."""
+        lines = []
+        for name, f in FIELDS.items():
+            rng = f.metadata["constraint"].describe() + (" or None" if f.metadata["optional"] else "")
+            lines.append(f"{name} = {f.default!r}: {f.metadata['doc']} ({rng})")
+        return "\n".join(lines)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(AdaptorConfig)}
+
+
+def _field_doc(name: str, f: dataclasses.Field, default: str) -> str:
+    rng = f.metadata["constraint"].describe() + (" or None" if f.metadata["optional"] else "")
+    return f"    {name} : {f.type}, {default}\n        {f.metadata['doc']} Valid: {rng}."
+
+
+AdaptorConfig.__doc__ = AdaptorConfig.__doc__.replace(
+    "{fields}", "\n".join(_field_doc(n, f, f"default {f.default!r}") for n, f in FIELDS.items()))
+
+
+def check_param(name: str, value: Any) -> Any:
+    """Check one parameter against its field's constraint; return it normalised."""
+    f = FIELDS.get(name)
+    if f is None:
+        raise InputError(f"unknown parameter {name!r}; valid parameters: {', '.join(FIELDS)}.")
+    if value is None and f.metadata["optional"]:
+        return None
+    constraint = f.metadata["constraint"]
+    try:
+        return constraint.check(value)
+    except (_Bad, TypeError, ValueError):
+        allowed = constraint.describe() + (" or None" if f.metadata["optional"] else "")
+        raise InputError(f"{name}={value!r} is not valid: {name} must be {allowed}.") from None
+
+
+DEFAULTS = AdaptorConfig()
+
+# Recipes: partial configs over the defaults (which are the "default" recipe, chosen on a SciFact
+# dev split carved from the train queries; docs/ablations.md). "paper" is Yoon et al. (2024) as
+# written: identity start, L1 similarity losses (top-k, pairwise, reconstruction), logistic ranking
+# loss on raw cosines, no listwise term, no learned rotation, no mined negatives.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": dict(init="identity", topk_weight=1.0, alpha=1.0, beta=1.0, supervised_beta=1.0, gamma=1.0,
+                  listwise_weight=0.0, rank_scale=1.0, steps=1500, supervised_steps=1000, hard_negatives=0,
+                  learn_rotation=False, listwise_negatives=0, query_fraction=0.0, ema_decay=0.0,
+                  dynamic_negatives=0),
+}
+assert set(RECIPES) == set(RECIPE_NAMES)
+for _recipe in RECIPES.values():  # a recipe with a bad value fails at import, not in a user's fit
+    AdaptorConfig(**_recipe)
+
+
+def default_dims(input_dim: int) -> tuple[int, ...]:
+    """Powers of two from 16 below the input dim, plus the input dim itself."""
+    dims, m = [], 16
+    while m < input_dim:
+        dims.append(m)
+        m *= 2
+    return tuple(dims + [input_dim])

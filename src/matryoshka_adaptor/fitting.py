@@ -1,0 +1,214 @@
+"""The fit pipeline, one function per job: check inputs, sample, PCA start, mine neighbours,
+assemble the training data, train. ``MatryoshkaAdaptor.fit`` resolves its config and calls
+:func:`fit_adaptor`; torch is imported only here (and below), never by ``transform``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import AdaptorConfig, default_dims
+from .errors import InputError
+from .neighbors import TrainingNeighbors, mine_training_neighbors
+from .pca import pca_rotation
+from .validation import check_dims, check_embeddings, check_ids, check_qrels, l2_normalize
+
+# Rows cast to float32 at a time when sampling: a non-float32 (memory-mapped) corpus is never
+# converted whole.
+SAMPLE_CHUNK_ROWS = 16384
+
+
+@dataclass
+class FitInputs:
+    """Checked fit inputs.
+
+    Attributes
+    ----------
+    corpus : ndarray of shape (n, d)
+        As given (a memory map stays one, whatever its dtype).
+    queries : ndarray of shape (q, d) float32 or None
+    corpus_ids : list of str
+    positives : list of list of (str, float) or None
+        Per query, its (document id, grade > 0) judgements (supervised fits only).
+    dims : tuple of int
+        The Matryoshka dims, checked against the input dimension.
+    """
+
+    corpus: np.ndarray
+    queries: np.ndarray | None
+    corpus_ids: list[str]
+    positives: list[list[tuple[str, float]]] | None
+    dims: tuple[int, ...]
+
+    @property
+    def supervised(self) -> bool:
+        return self.positives is not None
+
+
+@dataclass
+class FitResult:
+    """What a fit produced: the weights (numpy) and the record of how."""
+
+    weights: dict[str, np.ndarray]
+    input_dim: int
+    dims: tuple[int, ...]
+    hidden_dim: int
+    settings: AdaptorConfig
+    history: dict
+    summary: dict
+
+
+def check_corpus(corpus) -> np.ndarray:
+    """``check_embeddings`` without its float32 copy of the whole corpus (only the sample is cast)."""
+    if isinstance(corpus, np.ndarray) and corpus.ndim == 2 and corpus.dtype != np.float32:
+        check_embeddings(corpus[:1], name="corpus")  # the same shape and dtype checks on one row
+        return corpus
+    return check_embeddings(corpus, name="corpus")
+
+
+def check_fit_inputs(
+    corpus,
+    queries,
+    qrels: Mapping[str, Mapping[str, float]] | None,
+    corpus_ids: Sequence[str] | None,
+    query_ids: Sequence[str] | None,
+    dims: Sequence[int] | None,
+) -> FitInputs:
+    """Validate everything ``fit`` was given, before any expensive work."""
+    corpus = check_corpus(corpus)
+    n, d = corpus.shape
+    dims = check_dims(dims if dims is not None else default_dims(d), d)
+    if queries is not None:
+        queries = check_embeddings(queries, name="queries")
+        if queries.shape[1] != d:
+            raise InputError(
+                f"queries have dimension {queries.shape[1]} but the corpus has {d}; embed both with the same model."
+            )
+    if qrels is not None and queries is None:
+        raise InputError("qrels were given without queries; pass the query vectors as well (queries=...).")
+    if n < 2:
+        raise InputError("the corpus needs at least 2 vectors to mine neighbours for training.")
+    cids = check_ids(corpus_ids, n, name="corpus_ids")
+    positives = None
+    if qrels is not None:
+        qids = check_ids(query_ids, len(queries), name="query_ids")
+        clean = check_qrels(qrels, qids, cids)
+        positives = [[(doc, g) for doc, g in clean.get(q, {}).items() if g > 0] for q in qids]
+    return FitInputs(corpus, queries, cids, positives, dims)
+
+
+def sample_rows(n: int, max_rows: int, rng: np.random.Generator, keep: np.ndarray | None = None) -> np.ndarray:
+    """Sorted row numbers: all ``n`` rows, or ``max_rows`` drawn at random plus every row in ``keep``."""
+    if n <= max_rows:
+        return np.arange(n)
+    rows = rng.choice(n, size=max_rows, replace=False)
+    if keep is not None and len(keep):
+        rows = np.union1d(rows, keep)
+    return np.sort(rows)
+
+
+def gather_unit_rows(x: np.ndarray, rows: np.ndarray, *, chunk_rows: int = SAMPLE_CHUNK_ROWS) -> np.ndarray:
+    """``x[rows]`` as float32 unit vectors, read and cast ``chunk_rows`` rows at a time."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    for s in range(0, len(rows), chunk_rows):
+        chunk = np.asarray(x[rows[s : s + chunk_rows]], dtype=np.float32)
+        out[s : s + len(chunk)] = l2_normalize(chunk, name="corpus", offset=s)
+    return out
+
+
+def labelled_rows(inputs: FitInputs) -> np.ndarray | None:
+    """Corpus rows judged relevant to some query (kept in every sample)."""
+    if inputs.positives is None:
+        return None
+    pos_of = {c: i for i, c in enumerate(inputs.corpus_ids)}
+    labeled = {pos_of[doc] for plist in inputs.positives for doc, _ in plist}
+    return np.fromiter(labeled, dtype=np.int64)
+
+
+def assemble_training_data(inputs: FitInputs, rows: np.ndarray, sample: np.ndarray, queries: np.ndarray | None,
+                           nb: TrainingNeighbors):
+    """The ``TrainingData`` of a fit: sample, anchors and neighbours, and (supervised) the
+    queries' judgements as sample rows."""
+    from .nn.training import TrainingData
+
+    positives = None
+    if inputs.positives is not None:
+        row_of = {inputs.corpus_ids[r]: i for i, r in enumerate(rows)}
+        positives = [[(row_of[doc], g) for doc, g in plist] for plist in inputs.positives]
+    return TrainingData(sample, nb.anchors, nb.indices, nb.scores, nb.n_corpus_anchors,
+                        queries=queries if positives is not None else None, positives=positives,
+                        hard_negatives=nb.hard_negatives)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
+    """Run the whole fit on checked inputs: sample -> PCA start -> neighbours -> train."""
+    import torch
+
+    from .nn.module import AdaptorNet
+    from .nn.training import Trainer
+
+    started = time.perf_counter()
+    if inputs.supervised:
+        # A raised query share made a worse start for the supervised stage (docs/ablations.md):
+        # it applies to fits without labels only, and the recorded settings say what ran.
+        config = config.replace(query_fraction=0.0)
+    config = config.replace(dims=inputs.dims)
+    n, d = inputs.corpus.shape
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+
+    rows = sample_rows(n, config.max_fit_vectors, rng, keep=labelled_rows(inputs))
+    sample = gather_unit_rows(inputs.corpus, rows)
+    queries = l2_normalize(inputs.queries, name="queries") if inputs.queries is not None else None
+    rotation = pca_rotation(sample, rng) if config.init == "pca" else None
+
+    device = resolve_device(config.device)
+    nb = mine_training_neighbors(
+        sample, queries, min(config.k, len(sample) - 1), use_queries=config.use_queries,
+        hard_negatives=config.hard_negatives if inputs.supervised else 0, method=config.neighbor_search,
+        progress=config.progress, seed=config.seed, device=device)
+    data = assemble_training_data(inputs, rows, sample, queries, nb)
+    mining_seconds = time.perf_counter() - started
+
+    hidden = config.hidden_dim or d
+    net = AdaptorNet(d, hidden, config.depth, None if rotation is None else torch.from_numpy(rotation),
+                     learn_rotation=config.learn_rotation)
+    trainer = Trainer(net, inputs.dims, config, data, device=device)
+    stage1 = trainer.fit_unsupervised()
+    history = {"unsupervised": stage1.history}
+    summary = {"unsupervised": {"steps_run": stage1.steps_run, "val_neighbor_recall_start": stage1.initial_score,
+                                "val_neighbor_recall_end": stage1.history[-1]["val"] if stage1.history else None}}
+    if stage1.diverged:
+        summary["unsupervised"]["diverged"] = stage1.diverged
+    if inputs.supervised:
+        stage2 = trainer.fit_supervised()
+        history["supervised"] = stage2.history
+        summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
+                                 "best_val_ndcg@10": stage2.best_score}
+        if stage2.diverged:
+            summary["supervised"]["diverged"] = stage2.diverged
+
+    weights = {k: v.numpy() for k, v in net.cpu().export_weights().items()}
+    summary.update({
+        "n_corpus": n,
+        "n_fit_vectors": len(sample),
+        "n_queries": 0 if inputs.queries is None else len(inputs.queries),
+        "neighbor_search": nb.method,
+        "neighbor_recall": nb.recall_at_k,
+        "mining_seconds": round(mining_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "device": device,
+    })
+    return FitResult(weights, d, inputs.dims, hidden, config, history, summary)
