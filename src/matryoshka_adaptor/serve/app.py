@@ -179,6 +179,9 @@ def create_app(
         return ApiError(500, f"internal error ({type(exc).__name__}); see the server log.", kind="server_error",
                         code="internal_error").response()
 
+    # Connection: close: the body (maybe large) is never read, so the connection cannot be reused.
+    _AUTH_HEADERS = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+
     def _check_auth(request: Request) -> None:
         if api_key is None:
             return
@@ -187,10 +190,10 @@ def create_app(
         if not token:
             raise ApiError(401, "You didn't provide an API key. Send it in the Authorization header: "
                                 "`Authorization: Bearer <key>`.", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+                           headers=_AUTH_HEADERS)
         if not hmac.compare_digest(token.encode(), api_key.encode()):
             raise ApiError(401, "Incorrect API key provided. Send the server's key as `Authorization: Bearer <key>`.",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                           code="invalid_api_key", headers=_AUTH_HEADERS)
 
     def _card() -> dict:
         card = {"id": model_name, "object": "model", "created": int(counters["started"]),

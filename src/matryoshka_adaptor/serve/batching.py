@@ -133,11 +133,10 @@ class MicroBatcher:
         self._wake.set()
         try:
             return await job.fut
-        finally:
-            if not job.fut.done():  # the caller went away
-                job.cancelled = True
-                job.fut.cancel()
-                self.stats.cancelled_texts += len(job.texts) - job.next
+        except asyncio.CancelledError:  # the caller went away (cancelling it cancelled job.fut too)
+            job.cancelled = True
+            self.stats.cancelled_texts += len(job.texts) - job.next
+            raise
 
     # ------------------------------------------------------------------ worker
     def _take(self) -> list[tuple[_Job, int, int]]:
