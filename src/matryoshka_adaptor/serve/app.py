@@ -213,6 +213,7 @@ def create_app(
                 "requests": counters["requests"], "texts": counters["texts"], "tokens": counters["tokens"],
                 "model_calls": batcher.batches, "errors": counters["errors"],
                 "disconnected": counters["disconnected"], "batching": batcher.stats.as_dict(),
+                "memory_trim_s": round(getattr(getattr(request.app.state, "backend", None), "trim_s", 0.0), 3),
                 "uptime_s": round(time.time() - counters["started"], 1)}
 
     @app.get("/openapi.json", include_in_schema=False)
