@@ -92,8 +92,8 @@ def create_app(
     window: int | None = None,
     decode: Callable[[list[int]], str] | None = None,
     vocab_size: int | None = None,
-    after_call: Callable[[int], None] | None = None,
     on_shutdown: Callable | None = None,
+    request_timeout_s: float | None = None,
 ) -> FastAPI:
     """The ASGI app.
 
@@ -122,15 +122,18 @@ def create_app(
         Token ids to text with the model's tokenizer; None: token-id input is refused.
     vocab_size : int, optional
         Token ids must be below it.
-    after_call, on_shutdown : callable, optional
-        Run on the model thread after each model call; awaited or called at shutdown.
+    on_shutdown : callable, optional
+        Called (or awaited) at shutdown.
+    request_timeout_s : float, optional
+        One deadline for a whole request's embedding, however many backend calls it takes
+        (the upstream mode sets it); past it the answer is 503 with ``Retry-After``.
     """
     limits = limits or ServerLimits()
     count_tokens = count_tokens or (lambda texts: [approx_tokens(t) for t in texts])
     max_text_tokens = limits.max_text_tokens or window
     batcher = MicroBatcher(embed, max_batch_texts=limits.max_batch_texts, max_batch_tokens=limits.max_batch_tokens,
                            chunk_texts=limits.chunk_texts, window_s=limits.batch_window_ms / 1000,
-                           workers=limits.workers, after_call=after_call)
+                           workers=limits.workers)
     failures = list(inject_failures)
     full_dim = adaptor.input_dim_ if adaptor is not None else native_dim
     counters = {"requests": 0, "texts": 0, "tokens": 0, "errors": 0, "disconnected": 0, "started": time.time()}
@@ -213,7 +216,6 @@ def create_app(
                 "requests": counters["requests"], "texts": counters["texts"], "tokens": counters["tokens"],
                 "model_calls": batcher.batches, "errors": counters["errors"],
                 "disconnected": counters["disconnected"], "batching": batcher.stats.as_dict(),
-                "memory_trim_s": round(getattr(getattr(request.app.state, "backend", None), "trim_s", 0.0), 3),
                 "uptime_s": round(time.time() - counters["started"], 1)}
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -406,13 +408,16 @@ def create_app(
         job = asyncio.ensure_future(batcher.submit(texts, tokens))
         watch = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
-            await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({job, watch}, timeout=request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watch.cancel()
-        if not job.done():  # the client went away: drop its work from the queue
-            job.cancel()
-            counters["disconnected"] += 1
-            raise _ClientGone()
+        if not job.done():
+            job.cancel()  # drops its work from the queue
+            if watch.done() and not watch.cancelled():  # the client went away
+                counters["disconnected"] += 1
+                raise _ClientGone()
+            raise ApiError(503, f"the embedding backend did not answer within {request_timeout_s:g} s; retry later.",
+                           kind="upstream_unavailable", code="timeout", headers={"Retry-After": "1"})
         try:
             return job.result()
         except ApiError:

@@ -8,12 +8,9 @@ reads, or None) and ``decode`` (token ids to text, or None when the backend cann
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import random
-import time
 
 import numpy as np
 
@@ -21,16 +18,6 @@ from ..embed.openai_api import approx_tokens, parse_retry_after
 from .api_error import ApiError, public_url, redact_urls
 
 log = logging.getLogger("matryoshka_adaptor.serve")
-
-
-def _malloc_trim():
-    """glibc's ``malloc_trim`` (gives freed heap pages back to the OS), or None elsewhere."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc.malloc_trim if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
 
 
 class LocalBackend:
@@ -57,20 +44,10 @@ class LocalBackend:
         else:
             self._counter = None
         self.vocab_size = len(tok)
-        self._trim = _malloc_trim()
-        self.trim_s = 0.0  # time spent giving memory back, reported by the load benchmark
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
-
-    def after_call(self, n_texts: int) -> None:
-        # Activations of varying shapes leave freed but unreturned pages in the heap; hand them back
-        # after every call so RSS follows the load instead of its peak (docs/serving.md, memory).
-        if self._trim is not None:
-            t0 = time.perf_counter()
-            self._trim(0)
-            self.trim_s += time.perf_counter() - t0
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         if self._counter is not None:
@@ -79,6 +56,10 @@ class LocalBackend:
         return [len(ids) for ids in enc["input_ids"]]
 
     def decode(self, ids: list[int]) -> str:
+        # The private copy again: the model thread may be changing the shared tokenizer's settings,
+        # and the Rust tokenizer refuses ("Already borrowed") a second user meanwhile.
+        if self._counter is not None:
+            return self._counter.decode(ids, skip_special_tokens=True)
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
 

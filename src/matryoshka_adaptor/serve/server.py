@@ -51,8 +51,7 @@ def build_app(*, adaptor: str | Path | None = None, upstream: str | None = None,
         name = served_model_name or model_short_name(local_model)
         app = create_app(backend.embed, model_name=name, adaptor=est, api_key=api_key, limits=limits,
                          inject_failures=inject_failures, native_dim=native_dim, count_tokens=backend.count_tokens,
-                         window=backend.window, decode=backend.decode, vocab_size=backend.vocab_size,
-                         after_call=backend.after_call)
+                         window=backend.window, decode=backend.decode, vocab_size=backend.vocab_size)
     else:
         from .backends import UpstreamBackend
 
@@ -63,7 +62,7 @@ def build_app(*, adaptor: str | Path | None = None, upstream: str | None = None,
         name = served_model_name or upstream_model
         app = create_app(backend.embed, model_name=name, adaptor=est, api_key=api_key, limits=limits,
                          inject_failures=inject_failures, native_dim=est.input_dim_ if est is not None else None,
-                         on_shutdown=backend.aclose)
+                         on_shutdown=backend.aclose, request_timeout_s=limits.upstream_timeout_s)
     app.state.backend = backend
     return app, name
 
