@@ -197,7 +197,7 @@ def test_stalled_connections_are_limited_and_timed_out_and_the_log_stays_short(c
     assert took < 1.9, f"stalled connections stayed open {took:.2f} s with a 0.5 s read timeout"
     assert ok.status_code == 200
     limit_lines = [r for r in caplog.records if "connection limit" in r.getMessage()]
-    assert 1 <= len(limit_lines) <= 1, [r.getMessage() for r in limit_lines]  # 6 refusals, one line
+    assert len(limit_lines) == 1, [r.getMessage() for r in limit_lines]  # 6 refusals, one line
 
 
 # ---------------------------------------------------------------- 6. upstream mode
@@ -263,6 +263,15 @@ def test_server_limits_are_validated():
     with pytest.raises(InputError, match="cannot exceed max_batch_texts"):
         ServerLimits(chunk_texts=512, max_batch_texts=256)
     assert ServerLimits().replace(max_inputs=3).max_inputs == 3
+
+
+def test_cli_rejects_a_bad_limit_with_one_line():
+    from typer.testing import CliRunner
+
+    from matryoshka_adaptor.cli import app as cli_app
+
+    res = CliRunner().invoke(cli_app, ["serve", "--local-model", "unused", "--max-body-bytes", "0"])
+    assert res.exit_code == 2 and "max_body_bytes must be > 0, got 0 (--max-body-bytes)" in res.output
 
 
 def test_cli_defaults_are_the_server_limits():
