@@ -383,7 +383,7 @@ def create_app(
                            param="input", code="request_too_large")
         if failures:  # test hook: fail the first calls on purpose
             status = failures.pop(0)
-            headers = {"Retry-After": "1"} if status in (429, 503) else None
+            headers = {"Retry-After": "1"} if status == 429 else None
             raise ApiError(status, f"injected failure ({status}) for testing; {len(failures)} more to come.",
                            kind="injected_error", headers=headers)
         counters["requests"] += 1
