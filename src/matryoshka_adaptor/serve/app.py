@@ -62,10 +62,25 @@ class EmbeddingRequest(BaseModel):
 FIELDS = frozenset(EmbeddingRequest.model_fields)
 
 
+try:  # writes float32 rows straight from numpy: ~50x faster than json on 16 x 384 floats
+    import orjson
+except ImportError:  # pragma: no cover - orjson comes with the `serve` extra
+    orjson = None
+
+
 def _encode_vector(v: np.ndarray, fmt: str):
     if fmt == "base64":  # what the official clients ask for: little-endian float32 bytes
         return base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
-    return v.astype(np.float32).tolist()
+    return v if orjson is not None else v.tolist()
+
+
+def _json_response(body: dict, headers: dict | None) -> Response:
+    # Serialising floats is the server's main Python work besides the model; on the event loop it
+    # holds the GIL the model thread needs between torch ops (docs/serving.md, item 5).
+    if orjson is not None:
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json",
+                        headers=headers)
+    return JSONResponse(body, headers=headers)
 
 
 class _ClientGone(Exception):
@@ -397,12 +412,13 @@ def create_app(
                 log.error("cannot adapt the backend's vectors: %s", exc)
                 raise ApiError(500, f"the backend's vectors do not fit the adaptor: {exc}",
                                kind="server_error", code="internal_error") from None
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, fmt)}
                 for i, v in enumerate(vectors)]
         body = {"object": "list", "data": data, "model": model_name,
                 "usage": {"prompt_tokens": total, "total_tokens": total}}
         headers = {"X-Truncated-Inputs": ",".join(map(str, truncated))} if truncated else None
-        return JSONResponse(body, headers=headers)
+        return _json_response(body, headers)
 
     async def _embed_unless_gone(request: Request, texts: list[str], tokens: list[int]) -> np.ndarray:
         job = asyncio.ensure_future(batcher.submit(texts, tokens))
