@@ -12,7 +12,7 @@ then, in one run:
 4. **head of line**: one-text requests from 4 clients alone, then while one large request
    (``--big-texts`` corpus texts) runs: p50/p99 of the small ones;
 5. **soak**: ``--soak-requests`` mixed requests (1-16 short texts, some long ones, now and
-   then 128 texts) with 8 in flight; the server's RSS sampled every 250 requests.
+   then 128 texts) with 8 in flight; the server's RSS sampled every 100 requests.
 
     python benchmarks/serve_load.py --data $MA_DATA_DIR/scifact --out results/serve-load
 
@@ -230,7 +230,7 @@ def main() -> None:
                 return {"input": [pool[j][:800] for j in r.integers(0, len(pool), k)]}  # within the 256-token window
 
             def sample(done):
-                if done % 250 == 0:
+                if done % 100 == 0:
                     samples.append((done, round(rss_mb(proc.pid), 1)))
 
             soak = asyncio.run(run_clients(url, name, body, n_requests=args.soak_requests, clients=8,
