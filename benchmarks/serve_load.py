@@ -174,7 +174,7 @@ def main() -> None:
             flat = [t for r in req_texts for t in r]
             local.encode(flat[:64], show_progress_bar=False)  # warm-up
             before = in_process_baseline(local, flat, per)
-            asyncio.run(run_clients(url, name, lambda i: {"input": req_texts[i % n]}, n_requests=2 * args.clients,
+            asyncio.run(run_clients(url, name, lambda i: {"input": req_texts[i % n]}, n_requests=args.clients,
                                     clients=args.clients, time_limit_s=60))  # warm-up
             h0 = batching(base)
             load = asyncio.run(run_clients(url, name, lambda i: {"input": req_texts[i]}, n_requests=n,
