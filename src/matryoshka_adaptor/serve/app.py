@@ -109,6 +109,7 @@ def create_app(
     vocab_size: int | None = None,
     on_shutdown: Callable | None = None,
     request_timeout_s: float | None = None,
+    trim_memory: bool = True,
 ) -> FastAPI:
     """The ASGI app.
 
@@ -142,13 +143,16 @@ def create_app(
     request_timeout_s : float, optional
         One deadline for a whole request's embedding, however many backend calls it takes
         (the upstream mode sets it); past it the answer is 503 with ``Retry-After``.
+    trim_memory : bool
+        Hand the heap pages a model call freed back to the OS after each call (see
+        :class:`~matryoshka_adaptor.serve.batching.MicroBatcher`).
     """
     limits = limits or ServerLimits()
     count_tokens = count_tokens or (lambda texts: [approx_tokens(t) for t in texts])
     max_text_tokens = limits.max_text_tokens or window
     batcher = MicroBatcher(embed, max_batch_texts=limits.max_batch_texts, max_batch_tokens=limits.max_batch_tokens,
                            chunk_texts=limits.chunk_texts, window_s=limits.batch_window_ms / 1000,
-                           workers=limits.workers)
+                           workers=limits.workers, trim_memory=trim_memory)
     failures = list(inject_failures)
     full_dim = adaptor.input_dim_ if adaptor is not None else native_dim
     counters = {"requests": 0, "texts": 0, "tokens": 0, "errors": 0, "disconnected": 0, "started": time.time()}
