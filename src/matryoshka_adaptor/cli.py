@@ -385,6 +385,11 @@ def embed(
     typer.echo(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {out}")
 
 
+from .serve.limits import ServerLimits as _Limits  # noqa: E402  (stdlib only: the defaults of `serve`)
+
+_L = _Limits()
+
+
 @app.command()
 def serve(
     adaptor: Optional[Path] = typer.Option(None, help="Adaptor folder; without it the server passes vectors through."),
@@ -395,13 +400,22 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="`model` clients must send (default: the upstream/local model's name)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback unless told otherwise)."),
     port: int = typer.Option(8000),
-    api_key_env: Optional[str] = typer.Option(None, help="Require `Authorization: Bearer $NAME` from clients."),
-    max_inputs: int = typer.Option(2048, help="Texts per request."),
-    max_text_chars: int = typer.Option(32_768, help="Characters per text."),
-    max_batch_texts: int = typer.Option(256, help="Texts per model call when concurrent requests are batched."),
-    batch_window_ms: float = typer.Option(2.0, help="How long a model call waits for more requests to join it."),
-    upstream_retries: int = typer.Option(2, help="Retries of a failed upstream call before answering 502."),
-    upstream_timeout: float = typer.Option(30.0, help="Seconds to wait for the upstream."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require `Authorization: Bearer $NAME` from clients (all routes but /livez)."),
+    max_inputs: int = typer.Option(_L.max_inputs, help="Texts per request."),
+    max_text_chars: int = typer.Option(_L.max_text_chars, help="Characters per text."),
+    max_text_tokens: Optional[int] = typer.Option(_L.max_text_tokens, help="Tokens per text (default: the local model's window)."),
+    truncate: bool = typer.Option(_L.truncate, help="Cut texts longer than the token limit instead of rejecting them (named in X-Truncated-Inputs)."),
+    max_request_tokens: int = typer.Option(_L.max_request_tokens, help="Tokens per request, all inputs together."),
+    max_body_bytes: int = typer.Option(_L.max_body_bytes, help="Bytes of request body, checked before parsing."),
+    max_batch_texts: int = typer.Option(_L.max_batch_texts, help="Texts per model call when concurrent requests are batched."),
+    max_batch_tokens: int = typer.Option(_L.max_batch_tokens, help="Tokens per model call (bounds the wait of small requests behind large ones)."),
+    chunk_texts: int = typer.Option(_L.chunk_texts, help="Texts a request gives each model call in turn (large requests share calls)."),
+    batch_window_ms: float = typer.Option(_L.batch_window_ms, help="Longest wait for more requests to join a model call."),
+    max_connections: int = typer.Option(_L.max_connections, help="Open connections; more are closed at once."),
+    request_read_timeout: float = typer.Option(_L.request_read_timeout_s, help="Seconds a connection has to send a whole request."),
+    keep_alive_timeout: float = typer.Option(_L.keep_alive_timeout_s, help="Seconds an idle keep-alive connection stays open."),
+    upstream_retries: int = typer.Option(_L.upstream_retries, help="Retries of a retryable upstream failure, within --upstream-timeout."),
+    upstream_timeout: float = typer.Option(_L.upstream_timeout_s, help="Overall seconds per upstream call, retries included."),
     inject_failures: Optional[str] = typer.Option(None, help="Testing: answer the first calls with these statuses, e.g. 429,503."),
     log_level: str = typer.Option("info"),
 ):
@@ -417,12 +431,18 @@ def serve(
         raise ImportError(f"serving needs FastAPI and uvicorn ({exc}); `pip install 'matryoshka-adaptor[serve]'`.") from exc
     if api_key_env and not os.environ.get(api_key_env):
         raise InputError(f"--api-key-env {api_key_env}: that environment variable is empty or unset.")
+    limits = _Limits(
+        max_inputs=max_inputs, max_text_chars=max_text_chars, max_text_tokens=max_text_tokens, truncate=truncate,
+        max_request_tokens=max_request_tokens, max_body_bytes=max_body_bytes, max_batch_texts=max_batch_texts,
+        max_batch_tokens=max_batch_tokens, chunk_texts=chunk_texts, batch_window_ms=batch_window_ms,
+        max_connections=max_connections, request_read_timeout_s=request_read_timeout,
+        keep_alive_timeout_s=keep_alive_timeout, upstream_retries=upstream_retries,
+        upstream_timeout_s=upstream_timeout,
+    )
     app_, name = build_app(
         adaptor=adaptor, upstream=upstream, upstream_model=upstream_model,
         upstream_api_key_env=upstream_api_key_env, local_model=local_model, served_model_name=served_model_name,
-        api_key=os.environ.get(api_key_env) if api_key_env else None, max_inputs=max_inputs,
-        max_text_chars=max_text_chars, max_batch_texts=max_batch_texts, batch_window_ms=batch_window_ms,
-        upstream_retries=upstream_retries, upstream_timeout=upstream_timeout,
+        api_key=os.environ.get(api_key_env) if api_key_env else None, limits=limits,
         inject_failures=_int_list(inject_failures) or [],
     )
     typer.echo(f"serving {name!r} on http://{host}:{port}/v1 (adaptor: {adaptor or 'none, pass-through'})", err=True)

@@ -67,8 +67,9 @@ def test_no_dimensions_gives_the_full_adapted_vector(server):
 @pytest.mark.parametrize("body, status, needle", [
     ({"model": "fake-adapted", "input": ""}, 400, "input[0] is empty"),
     ({"model": "fake-adapted", "input": []}, 400, "empty list"),
-    ({"model": "fake-adapted", "input": 5}, 400, "non-empty string or a list of strings"),
-    ({"model": "fake-adapted", "input": [1, 2, 3]}, 400, "token arrays are not supported"),
+    ({"model": "fake-adapted", "input": 5}, 400, "non-empty string, a list of strings"),
+    ({"model": "fake-adapted", "input": [1, 2, 3]}, 400, "needs the model's tokenizer"),
+    ({"model": "fake-adapted", "input": ["a", 2]}, 400, "Do not mix"),
     ({"model": "fake-adapted"}, 400, "`input`"),
     ({"input": "x"}, 400, "`model`"),
     ({"model": "fake-adapted", "input": "x", "dimensions": "64"}, 400, "must be an integer"),
@@ -78,6 +79,7 @@ def test_no_dimensions_gives_the_full_adapted_vector(server):
     ({"model": "fake-adapted", "input": ["a"] * 6}, 400, "limit of 5 per request"),
     ({"model": "fake-adapted", "input": "y" * 101}, 400, "limit of 100"),
     ({"model": "text-embedding-3-large", "input": "x"}, 404, "serves 'fake-adapted'"),
+    ({"model": "fake-adapted", "input": "x", "extra": "y" * 1000}, 400, "Unrecognized request argument supplied: extra"),
 ])
 def test_bad_requests_get_a_status_and_a_message(server, body, status, needle):
     r = post(server[0], body)
@@ -99,7 +101,10 @@ def test_token_required(server, key):
 
 def test_health_and_models(server):
     url, _ = server
-    assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
+    root = url.removesuffix("/v1")
+    assert httpx.get(f"{root}/livez").json() == {"status": "ok"}  # the bare probe stays open
+    assert httpx.get(f"{root}/health").status_code == 401
+    assert httpx.get(f"{root}/health", headers={"Authorization": "Bearer client-key"}).json()["status"] == "ok"
     assert httpx.get(f"{url}/models").status_code == 401
     card = httpx.get(f"{url}/models", headers={"Authorization": "Bearer client-key"}).json()["data"][0]
     assert card["id"] == "fake-adapted" and card["dimensions"] == {"min": 1, "max": 16, "trained": [4, 8, 16]}
@@ -128,26 +133,28 @@ def test_model_failure_is_a_500_in_openai_shape(adaptor):
     assert r.status_code == 500 and "fails on purpose" in r.json()["error"]["message"]
 
 
-def test_upstream_failures_become_502_with_the_status_and_never_show_the_key(adaptor, tmp_path, monkeypatch):
+def test_upstream_401_passes_through_and_never_shows_the_key(adaptor, tmp_path, monkeypatch):
     adaptor.save(tmp_path / "ad")
     monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream-secret")
     upstream = create_app(FakeModel(D), model_name="fake", api_key="another-key", native_dim=D)
     with BackgroundServer(upstream) as up_url:
         app, name = build_app(adaptor=tmp_path / "ad", upstream=up_url, upstream_model="fake",
-                              upstream_api_key_env="UPSTREAM_KEY", upstream_retries=0)
+                              upstream_api_key_env="UPSTREAM_KEY", limits=ServerLimits(upstream_retries=0))
         with BackgroundServer(app) as url:
             r = post(url, {"model": name, "input": "x"}, key=None)
-    assert r.status_code == 502 and "HTTP 401" in r.json()["error"]["message"]
-    assert "sk-upstream-secret" not in r.text
+    # A permanent upstream 401 is passed through as a 401 (not a retryable 502), without the key.
+    assert r.status_code == 401 and "HTTP 401" in r.json()["error"]["message"]
+    assert "sk-upstream-secret" not in r.text and "UPSTREAM_KEY" not in r.text and up_url not in r.text
 
 
-def test_unreachable_upstream_is_a_prompt_502(adaptor, tmp_path):
+def test_unreachable_upstream_is_a_prompt_503_with_retry_after(adaptor, tmp_path):
     adaptor.save(tmp_path / "ad")
     app, name = build_app(adaptor=tmp_path / "ad", upstream="http://127.0.0.1:9/v1", upstream_model="fake",
-                          upstream_retries=0, upstream_timeout=2)
+                          limits=ServerLimits(upstream_retries=0, upstream_timeout_s=2))
     with BackgroundServer(app) as url:
         r = post(url, {"model": name, "input": "x"}, key=None)
-    assert r.status_code == 502 and "no answer" in r.json()["error"]["message"]
+    # No answer is worth retrying later: 503 with Retry-After, not a 502.
+    assert r.status_code == 503 and "no answer" in r.json()["error"]["message"] and r.headers["retry-after"]
 
 
 def test_pass_through_serves_native_vectors_only():

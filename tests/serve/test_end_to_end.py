@@ -15,6 +15,7 @@ from matryoshka_adaptor.embed.cache import EmbeddingCache  # noqa: E402
 from matryoshka_adaptor.embed.openai_api import OpenAICompatibleSource  # noqa: E402
 from matryoshka_adaptor.embed.sources import SentenceTransformerSource  # noqa: E402
 from matryoshka_adaptor.serve.app import create_app  # noqa: E402
+from matryoshka_adaptor.serve.limits import ServerLimits  # noqa: E402
 from matryoshka_adaptor.serve.server import BackgroundServer, build_app  # noqa: E402
 
 TEXTS = ["The heart pumps blood through the body.", "Vitamin D deficiency and bone density.",
@@ -62,10 +63,10 @@ def test_client_survives_429_and_503_through_two_servers_and_pays_once(model, ad
     upstream = create_app(recording_embed, model_name="all-MiniLM-L6-v2", native_dim=384, inject_failures=[429, 503])
     adaptor = MatryoshkaAdaptor.load(adaptor_dir)
     with BackgroundServer(upstream) as up_url:
-        # upstream_retries=0: the adapting server reports each upstream failure as a 502 at once,
+        # upstream_retries=0: the adapting server reports each upstream failure as a 503 at once,
         # so the client itself must retry through both.
         app, name = build_app(adaptor=adaptor_dir, upstream=up_url, upstream_model="all-MiniLM-L6-v2",
-                              upstream_retries=0, served_model_name="minilm-matryoshka")
+                              limits=ServerLimits(upstream_retries=0), served_model_name="minilm-matryoshka")
         with BackgroundServer(app) as url:
             src = OpenAICompatibleSource(name, base_url=url, dimensions=64, batch_size=2, concurrency=1,
                                          backoff_base_s=0.01, cache_path=tmp_path / "c.sqlite")
