@@ -172,15 +172,31 @@ class OpenAICompatibleSource:
         with self._rng_lock:  # full jitter: spreads clients that failed together
             return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
+    # Provider hooks: the Gemini and Cohere sources (gemini.py, cohere.py) override these four
+    # (and ``_headers``, ``source_key``) and reuse the retries, batching and cache below.
+    def _endpoint(self) -> str:
+        return f"{self.base_url}/embeddings"
+
+    def _request_body(self, texts: list[str]) -> dict:
+        body = {"model": self.model, "input": texts, "encoding_format": "float"}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        return body
+
+    def _status_hint(self, status: int) -> str:
+        if status in (401, 403):
+            return f" Check the API key (read from ${self.api_key_env} or --api-key-env)."
+        if status == 404:
+            return " Check --base-url (it should end in /v1) and --model."
+        return ""
+
     def embed_batch(self, texts: list[str], stats: EmbedStats | None = None) -> np.ndarray:
         """One batch, retried as needed; returns (len(texts), dim) float32 in input order."""
         import httpx
 
         stats = stats if stats is not None else EmbedStats()
-        body = {"model": self.model, "input": texts, "encoding_format": "float"}
-        if self.dimensions is not None:
-            body["dimensions"] = self.dimensions
-        url = f"{self.base_url}/embeddings"
+        body = self._request_body(texts)
+        url = self._endpoint()
         for attempt in range(self.max_retries + 1):
             retry_after = None
             stats.add(calls=1)
@@ -194,12 +210,7 @@ class OpenAICompatibleSource:
                 status = response.status_code
                 message = f"{url} returned HTTP {status}: {self._redact(_error_message(response))}"
                 if status not in RETRY_STATUSES and status < 500:
-                    hint = ""
-                    if status in (401, 403):
-                        hint = f" Check the API key (read from ${self.api_key_env} or --api-key-env)."
-                    elif status == 404:
-                        hint = " Check --base-url (it should end in /v1) and --model."
-                    raise UpstreamError(status, message + hint)
+                    raise UpstreamError(status, message + self._status_hint(status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == self.max_retries:
                 raise UpstreamError(status, f"{message} (gave up after {self.max_retries} retries)")
