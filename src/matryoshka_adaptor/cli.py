@@ -1,4 +1,4 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``."""
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve | export``."""
 
 from __future__ import annotations
 
@@ -289,6 +289,11 @@ def serve(
         _fail(exc)
     typer.echo(f"serving {name!r} on http://{host}:{port}/v1 (adaptor: {adaptor or 'none, pass-through'})", err=True)
     run_server(app_, host=host, port=port, log_level=log_level)
+
+
+from .integrations.commands import export as _export  # noqa: E402  (command code lives with the integration)
+
+app.command("export")(_export)
 
 
 def main() -> None:
