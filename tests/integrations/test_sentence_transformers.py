@@ -66,7 +66,7 @@ def test_folder_is_safetensors_json_and_push_to_hub_ready(exported):
     assert not [p for p in exported.rglob("*") if p.suffix in (".bin", ".pkl", ".pt", ".pth")]
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: sentence-transformers") and "matryoshka-adaptor" in card
-    assert TABLE in card and "truncate_dim=16" in card and "trust_remote_code=True" in card
+    assert TABLE in card and "truncate_dim=64" in card and "trust_remote_code=True" in card
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert json.loads((exported / "config_sentence_transformers.json").read_text())["similarity_fn_name"] == "cosine"
 

@@ -87,6 +87,7 @@ class MatryoshkaAdaptorModule(Module):
 
 def _model_card(adaptor: MatryoshkaAdaptor, base_model: str, folder_name: str, benchmark: str | None) -> str:
     dims = ", ".join(str(d) for d in adaptor.dims_)
+    example_dim = 64 if 64 in adaptor.dims_ else adaptor.dims_[len(adaptor.dims_) // 2]
     info = adaptor.info()
     fit = info.get("fit_summary") or {}
     lines = [
@@ -116,7 +117,7 @@ def _model_card(adaptor: MatryoshkaAdaptor, base_model: str, folder_name: str, b
         f'model = SentenceTransformer("{folder_name}", trust_remote_code=True)',
         "# trust_remote_code: sentence-transformers >= 6 asks for it for any module class outside its own",
         "# package; the class is imported from the installed matryoshka-adaptor, nothing runs from this folder.",
-        f"vectors = model.encode(texts, truncate_dim={adaptor.dims_[0] if adaptor.dims_ else 64}, "
+        f"vectors = model.encode(texts, truncate_dim={example_dim}, "
         "normalize_embeddings=True)",
         "```",
         "",
