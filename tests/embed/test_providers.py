@@ -1,5 +1,7 @@
 """Gemini and Cohere sources over real HTTP against loopback fakes of their documented APIs."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -115,7 +117,8 @@ def test_gives_up_after_max_retries_with_the_status(provider):
 
 @pytest.mark.parametrize("provider", ["gemini", "cohere"])
 @pytest.mark.parametrize("case", ["bad-key", "bad-model"])
-def test_4xx_fails_at_once_with_the_providers_message_and_no_key(provider, case):
+def test_4xx_fails_at_once_with_the_providers_message_and_no_key(provider, case, caplog):
+    caplog.set_level(logging.DEBUG)  # httpx / httpcore log every request at DEBUG: the key must not be there
     model = FakeModel()
     with BackgroundServer(fake_app(provider, model)) as url:
         cls = GeminiSource if provider == "gemini" else CohereSource
@@ -133,7 +136,8 @@ def test_4xx_fails_at_once_with_the_providers_message_and_no_key(provider, case)
     else:
         assert err.value.status == 404 and "not found" in message and "--model" in message
     for key in ("wrong-secret-key", *KEYS.values()):
-        assert key not in message and key not in repr(src)
+        assert key not in message and key not in repr(src) and key not in caplog.text
+    assert "HTTP Request: POST" in caplog.text  # the logs were captured
     assert src.last_stats.calls == 1
 
 
