@@ -9,12 +9,14 @@ same adaptor applied to the precomputed vectors.
 
     python benchmarks/st_evaluator.py --dataset ../shared/data/scifact \
         --embeddings ../shared/data/scifact/embeddings/all-MiniLM-L6-v2 --dims 64 --out results/st-eval
+    (--max-queries N --max-other-docs M: a slice, for a quick check)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +28,8 @@ def main() -> None:
     ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--dims", default="64")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-queries", type=int, default=None, help="a slice: the first N test queries")
+    ap.add_argument("--max-other-docs", type=int, default=None, help="a slice: their relevant docs + N others")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -53,26 +57,29 @@ def main() -> None:
     fit_s = time.perf_counter() - started
     adaptor.save(out / "adaptor")
     folder = out / "model"
+    shutil.rmtree(folder, ignore_errors=True)  # this script's own output of an earlier run
     export_sentence_transformer(adaptor, args.model, folder)
     model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
 
-    test = list(ds.split_queries("test"))
     rows = []
     for dim in dims:
-        evaluator = beir_ir_evaluator(args.dataset, "test", truncate_dim=dim, batch_size=64, show_progress_bar=True)
+        evaluator = beir_ir_evaluator(args.dataset, "test", truncate_dim=dim, batch_size=64, show_progress_bar=True,
+                                      max_queries=args.max_queries, max_other_docs=args.max_other_docs)
         t0 = time.perf_counter()
         scores = model.evaluate(evaluator)
         eval_s = time.perf_counter() - t0
         st_ndcg = scores[f"{evaluator.name}_cosine_ndcg@10"]
+        test, cids = evaluator.queries_ids, evaluator.corpus_ids  # the same queries and corpus (or slice)
+        c_row = {c: i for i, c in enumerate(pre.corpus_ids)}
         q = adaptor.transform(pre.queries[[q_row[x] for x in test]], dim=dim)
-        c = adaptor.transform(pre.corpus, dim=dim)
-        ours = evaluate_run({x: ds.qrels["test"][x] for x in test}, retrieve(q, c, test, pre.corpus_ids, top_k=100))
+        c = adaptor.transform(pre.corpus[[c_row[x] for x in cids]], dim=dim)
+        ours = evaluate_run({x: ds.qrels["test"][x] for x in test}, retrieve(q, c, test, cids, top_k=100))
         row = {"dim": dim, "st_evaluator_ndcg@10": st_ndcg, "matryoshka_adaptor_ndcg@10": ours["ndcg@10"],
                "st_evaluator_seconds": round(eval_s, 1)}
         rows.append(row)
         print(json.dumps(row))
     result = {"dataset": ds.name, "model": args.model, "seed": args.seed, "fit_seconds": round(fit_s, 1),
-              "n_queries": len(test), "n_corpus": len(pre.corpus_ids), "rows": rows, "machine": machine_description()}
+              "n_queries": len(test), "n_corpus": len(cids), "rows": rows, "machine": machine_description()}
     (out / "st_evaluator.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
