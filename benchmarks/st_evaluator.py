@@ -1,7 +1,7 @@
 """sentence-transformers' own InformationRetrievalEvaluator on an exported adaptor (BEIR test split).
 
 Fits the default supervised adaptor (train-split qrels and train queries only, as the
-`benchmark` command's adaptor-supervised), exports it with the base model as a
+`benchmark` command's adaptor-supervised; or --method adaptor-queries), exports it with the base model as a
 sentence-transformers folder, and scores that folder with sentence-transformers'
 InformationRetrievalEvaluator at --dims (it encodes the corpus again for each dim). For
 comparison it prints this package's own nDCG@10 (pytrec_eval, exact cosine search) of the
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--dims", default="64")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", choices=("adaptor-supervised", "adaptor-queries"), default="adaptor-supervised",
+                    help="as in the benchmark command: train qrels, or the train queries unlabeled")
     ap.add_argument("--max-queries", type=int, default=None, help="a slice: the first N test queries")
     ap.add_argument("--max-other-docs", type=int, default=None, help="a slice: their relevant docs + N others")
     ap.add_argument("--out", required=True)
@@ -52,8 +54,12 @@ def main() -> None:
     train = [q for q in ds.split_queries("train") if q in q_row]
     started = time.perf_counter()
     adaptor = MatryoshkaAdaptor(dims=(16, 32, 64, 128, 256), seed=args.seed, base_model=args.model)
-    adaptor.fit(pre.corpus, pre.queries[[q_row[q] for q in train]], {q: ds.qrels["train"][q] for q in train},
-                corpus_ids=pre.corpus_ids, query_ids=train)
+    train_vectors = pre.queries[[q_row[q] for q in train]]
+    if args.method == "adaptor-supervised":
+        adaptor.fit(pre.corpus, train_vectors, {q: ds.qrels["train"][q] for q in train},
+                    corpus_ids=pre.corpus_ids, query_ids=train)
+    else:
+        adaptor.fit(pre.corpus, train_vectors)
     fit_s = time.perf_counter() - started
     adaptor.save(out / "adaptor")
     folder = out / "model"
@@ -78,7 +84,7 @@ def main() -> None:
                "st_evaluator_seconds": round(eval_s, 1)}
         rows.append(row)
         print(json.dumps(row))
-    result = {"dataset": ds.name, "model": args.model, "seed": args.seed, "fit_seconds": round(fit_s, 1),
+    result = {"dataset": ds.name, "model": args.model, "method": args.method, "seed": args.seed, "fit_seconds": round(fit_s, 1),
               "n_queries": len(test), "n_corpus": len(cids), "rows": rows, "machine": machine_description()}
     (out / "st_evaluator.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
