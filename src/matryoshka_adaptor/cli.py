@@ -1,4 +1,4 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``.
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve | export``.
 
 Every failure a user can cause ends as one ``error: ...`` line and a non-zero exit code
 (2: bad input or an unusable path, 130: interrupted, 1: anything unexpected); the Python
@@ -332,13 +332,15 @@ def benchmark(
 def embed(
     input: Path = typer.Option(..., "--input", "-i", help="Texts: BEIR-style .jsonl (_id, title, text) or .txt (one per line)."),
     out: Path = typer.Option(..., "--out", "-o", help="Vectors: .npy (ids in OUT.ids.json), .npz or .parquet (ids inside)."),
-    provider: str = typer.Option("openai", help="openai (any OpenAI-compatible endpoint) or sentence-transformers (local)."),
+    provider: str = typer.Option("openai", help="openai (any OpenAI-compatible endpoint), gemini, cohere or sentence-transformers (local)."),
     model: str = typer.Option(..., help="Model name, e.g. text-embedding-3-large, or a sentence-transformers name/folder."),
-    base_url: str = typer.Option("https://api.openai.com/v1", help="OpenAI-compatible API root (ends in /v1)."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    base_url: Optional[str] = typer.Option(None, help="API root (default: the provider's; an OpenAI-compatible one ends in /v1)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (default: OPENAI_API_KEY, GEMINI_API_KEY, CO_API_KEY)."),
+    input_type: Optional[str] = typer.Option(None, help="query or document: Gemini taskType, Cohere input_type (required), and the e5/bge/nomic text prefixes."),
+    prefix: Optional[str] = typer.Option(None, help="Text put before every input, overriding the model's known query/document prefix ('' for none)."),
     dimensions: Optional[int] = typer.Option(None, help="Ask the API for this many dims (models that support it)."),
     text_field: Optional[str] = typer.Option(None, help="JSONL field to embed (default: title + text)."),
-    batch_size: int = typer.Option(256, help="Texts per request (sentence-transformers: per forward pass)."),
+    batch_size: Optional[int] = typer.Option(None, help="Texts per request (default: openai 256, gemini 100, cohere 96) or per forward pass (sentence-transformers, 256)."),
     max_batch_tokens: int = typer.Option(100_000, help="Estimated tokens per request (openai)."),
     concurrency: int = typer.Option(4, help="Requests in flight at once (openai)."),
     max_retries: int = typer.Option(8, help="Retries per request on 429, 5xx and timeouts (openai)."),
@@ -365,15 +367,16 @@ def embed(
     if out.resolve() == input.resolve():
         raise InputError(f"--out {out} is the input file; choose a new path.")
     ids, texts = read_texts(input, text_field=text_field)
-    if provider == "openai":
+    if provider in ("openai", "gemini", "cohere"):
         options = dict(base_url=base_url, api_key_env=api_key_env, dimensions=dimensions, batch_size=batch_size,
                        max_batch_tokens=max_batch_tokens, concurrency=concurrency, max_retries=max_retries,
                        max_in_flight_texts=max_in_flight_texts)
     else:
         if dimensions is not None:
-            raise InputError("--dimensions applies to --provider openai; fit an adaptor to shrink local vectors.")
-        options = dict(batch_size=batch_size)
-    source = make_source(provider, model, cache_path=cache or default_cache_path(), **options)
+            raise InputError("--dimensions applies to the API providers; fit an adaptor to shrink local vectors.")
+        options = dict(batch_size=batch_size if batch_size is not None else 256)
+    source = make_source(provider, model, cache_path=cache or default_cache_path(), input_type=input_type,
+                         prefix=prefix, **options)
     with _sigterm_as_interrupt():
         vectors = source.encode(texts, progress=not quiet)
         write_embeddings(out, vectors, ids if kind != "npy" else None)
@@ -459,6 +462,11 @@ def _json_object(text: Optional[str], option: str) -> dict:
     if not isinstance(value, dict):
         raise InputError(f"{option} must be a JSON object such as '{{\"steps\": 800}}'; got {text!r}.")
     return value
+
+
+from .integrations.commands import export as _export  # noqa: E402  (command code lives with the integration)
+
+app.command("export")(_export)
 
 
 def main() -> None:

@@ -190,6 +190,39 @@ class OpenAICompatibleSource:
         with self._rng_lock:  # full jitter: spreads clients that failed together
             return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
+    # Provider hooks: the Gemini and Cohere sources (gemini.py, cohere.py) override these four
+    # (and ``_headers``, ``source_key``) and reuse the retries, batching, validation and cache below.
+    def _endpoint(self) -> str:
+        return f"{self.base_url}/embeddings"
+
+    def _request_body(self, texts: list[str]) -> dict:
+        body = {"model": self.model, "input": texts, "encoding_format": "float"}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        return body
+
+    def _status_hint(self, status: int) -> str:
+        if status in (401, 403):
+            return f" Check the API key (read from ${self.api_key_env} or --api-key-env)."
+        if status == 404:
+            return " Check --base-url (it should end in /v1) and --model."
+        return ""
+
+    def _rows(self, body, n: int, refuse) -> list:
+        """The response's vectors as lists in input order (``refuse(why)`` makes the error to raise)."""
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise refuse("a body that is not an embeddings response (no 'data' list)")
+        if len(data) != n:
+            raise refuse(f"{len(data)} embeddings for {n} inputs")
+        rows: list = [None] * n
+        for item in data:
+            index = item.get("index") if isinstance(item, dict) else None
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n or rows[index] is not None:
+                raise refuse(f"a missing, repeated or out-of-range index {index!r} for {n} inputs")
+            rows[index] = item.get("embedding")
+        return rows
+
     def embed_batch(self, texts: list[str], stats: EmbedStats | None = None, expected_dim: int | None = None) -> np.ndarray:
         """One batch, retried as needed; returns (len(texts), dim) float32 in input order.
 
@@ -199,10 +232,13 @@ class OpenAICompatibleSource:
         import httpx
 
         stats = stats if stats is not None else EmbedStats()
-        body = {"model": self.model, "input": texts, "encoding_format": "float"}
-        if self.dimensions is not None:
-            body["dimensions"] = self.dimensions
-        url = f"{self.base_url}/embeddings"
+        body = self._request_body(texts)
+        url = self._endpoint()
+        import httpx
+
+        stats = stats if stats is not None else EmbedStats()
+        body = self._request_body(texts)
+        url = self._endpoint()
         for attempt in range(self.max_retries + 1):
             retry_after = None
             stats.add(calls=1)
@@ -216,12 +252,7 @@ class OpenAICompatibleSource:
                 status = response.status_code
                 message = f"{url} returned HTTP {status}: {self._redact(_error_message(response))}"
                 if status not in RETRY_STATUSES and status < 500:
-                    hint = ""
-                    if status in (401, 403):
-                        hint = f" Check the API key (read from ${self.api_key_env} or --api-key-env)."
-                    elif status == 404:
-                        hint = " Check --base-url (it should end in /v1) and --model."
-                    raise UpstreamError(status, message + hint)
+                    raise UpstreamError(status, message + self._status_hint(status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == self.max_retries:
                 raise UpstreamError(status, f"{message} (gave up after {self.max_retries} retries)")
@@ -240,21 +271,13 @@ class OpenAICompatibleSource:
             body = response.json()
         except ValueError as exc:
             raise refuse(f"a body that is not JSON ({exc})") from exc
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise refuse("a body that is not an embeddings response (no 'data' list)")
-        if len(data) != n:
-            raise refuse(f"{len(data)} embeddings for {n} inputs")
-        rows: list = [None] * n
-        for item in data:
-            index = item.get("index") if isinstance(item, dict) else None
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n or rows[index] is not None:
-                raise refuse(f"a missing, repeated or out-of-range index {index!r} for {n} inputs")
-            emb = item.get("embedding")
+        rows = self._rows(body, n, refuse)
+        if not isinstance(rows, list) or len(rows) != n:
+            raise refuse(f"{len(rows) if isinstance(rows, list) else 'no'} embeddings for {n} inputs")
+        for index, emb in enumerate(rows):
             if not isinstance(emb, list) or not emb or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb):
                 raise refuse(f"embedding {index} that is not a non-empty list of numbers")
-            rows[index] = emb
         lengths = sorted({len(r) for r in rows})
         if len(lengths) != 1:
             raise refuse(f"vectors of different lengths {lengths} in one response")

@@ -128,25 +128,50 @@ def default_cache_path() -> Path:
     return cache_root() / "embeddings.sqlite"
 
 
-PROVIDERS = ("openai", "sentence-transformers")
+PROVIDERS = ("openai", "gemini", "cohere", "sentence-transformers")
+_HTTP_PROVIDERS = ("openai", "gemini", "cohere")
 
 
-def make_source(provider: str, model: str, *, cache_path: str | Path | None = None, **options):
+def make_source(provider: str, model: str, *, cache_path: str | Path | None = None, input_type: str | None = None,
+                prefix: str | None = None, **options):
     """One interface for every provider: ``.encode(texts) -> (n, d) float32`` with an on-disk cache.
 
-    ``openai`` is any OpenAI-compatible endpoint (``base_url``, ``api_key_env``, ``dimensions``,
-    ``batch_size``, ``max_batch_tokens``, ``concurrency``, ``max_retries``); ``sentence-transformers``
+    ``openai`` is any OpenAI-compatible endpoint, ``gemini`` the Gemini API (batchEmbedContents),
+    ``cohere`` Cohere's v2 Embed API; all three take ``base_url``, ``api_key_env``, ``dimensions``,
+    ``batch_size``, ``max_batch_tokens``, ``concurrency``, ``max_retries``. ``sentence-transformers``
     runs a local model (``batch_size``, ``device``).
-    """
-    if provider == "openai":
-        from .openai_api import OpenAICompatibleSource
 
-        return OpenAICompatibleSource(model, cache_path=cache_path, **options)
-    if provider == "sentence-transformers":
+    ``input_type`` ("query" or "document") is sent as the provider's own field (Gemini
+    ``taskType``, Cohere ``input_type``; Cohere requires it) and, for models trained with text
+    prefixes (e5 ``query: ``/``passage: ``, bge's query instruction, nomic-embed), prepended to every
+    text; ``prefix`` overrides that prefix (``""`` turns it off). The cache keeps the two types apart.
+    """
+    from .input_types import PrefixedSource, check_input_type, resolve_prefix
+
+    check_input_type(input_type)
+    if provider in _HTTP_PROVIDERS:
+        options = {k: v for k, v in options.items() if v is not None}  # None: the provider's default
+        if provider == "openai":
+            from .openai_api import OpenAICompatibleSource
+
+            source = OpenAICompatibleSource(model, cache_path=cache_path, **options)
+        elif provider == "gemini":
+            from .gemini import GeminiSource
+
+            source = GeminiSource(model, cache_path=cache_path, input_type=input_type, **options)
+        else:
+            from .cohere import CohereSource
+
+            source = CohereSource(model, cache_path=cache_path, input_type=input_type, **options)
+    elif provider == "sentence-transformers":
         allowed = {"batch_size", "device"}
         unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
         if unknown:
-            raise InputError(f"option(s) {', '.join(unknown)} apply to --provider openai only.")
-        return SentenceTransformerSource(model, cache_path=cache_path,
-                                         **{k: v for k, v in options.items() if k in allowed and v is not None})
-    raise InputError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}.")
+            raise InputError(f"option(s) {', '.join(unknown)} apply to the API providers "
+                             f"({', '.join(_HTTP_PROVIDERS)}) only.")
+        source = SentenceTransformerSource(model, cache_path=cache_path,
+                                           **{k: v for k, v in options.items() if k in allowed and v is not None})
+    else:
+        raise InputError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}.")
+    text_prefix = resolve_prefix(model, input_type, prefix)
+    return PrefixedSource(source, text_prefix) if text_prefix else source
