@@ -165,6 +165,10 @@ def benchmark(
     train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
     cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
     adaptor_params: Optional[str] = typer.Option(None, help='JSON of MatryoshkaAdaptor parameters, e.g. \'{"steps": 800}\'.'),
+    quantize: Optional[str] = typer.Option(None, help="Equal-bytes evaluation: first-stage precisions, e.g. float32,int8,binary."),
+    rescore: str = typer.Option("0", help="With --quantize: shortlist sizes rescored with full float32 vectors (0: none), e.g. 0,50,100,200."),
+    quantize_dims: Optional[str] = typer.Option(None, help="With --quantize: prefix dims to evaluate (default: --dims and the full dim)."),
+    store: str = typer.Option("numpy", help="With --quantize: run the funnel in memory (numpy) or through LanceDB tables (lancedb)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """nDCG@10 against dimension for each method on a BEIR dataset; writes a table and the plot.
@@ -181,12 +185,19 @@ def benchmark(
             dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
             seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
             cache=str(cache) if cache else None, adaptor_params=json.loads(adaptor_params) if adaptor_params else {},
+            quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
+            rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,
+            store=store,
         )
         result = run_benchmark(cfg, progress=not quiet)
     except (InputError, ImportError, json.JSONDecodeError) as exc:
         _fail(exc)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
+    if result.get("equal_bytes_summary"):
+        from .eval.report import equal_bytes_tables
+
+        typer.echo(equal_bytes_tables(result))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
