@@ -1,4 +1,4 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve``."""
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve | index``."""
 
 from __future__ import annotations
 
@@ -297,6 +297,9 @@ def serve(
         _fail(exc)
     typer.echo(f"serving {name!r} on http://{host}:{port}/v1 (adaptor: {adaptor or 'none, pass-through'})", err=True)
     run_server(app_, host=host, port=port, log_level=log_level)
+
+
+app.add_typer(__import__("matryoshka_adaptor.index.cli", fromlist=["app"]).app, name="index")
 
 
 def main() -> None:
