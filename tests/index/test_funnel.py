@@ -206,3 +206,24 @@ def test_text_queries_through_packaged_minilm(tmp_path):
     index.add(iter_texts(ids, texts, source, text_column="text"))
     hits = index.search(["does tobacco cause cancer?", "what is in bone health"], k=2, shortlist=5)
     assert hits.ids[0][0] == "d3" and hits.ids[1][0] == "d2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision,dim,shortlist", [("binary", 128, 100), ("int8", 64, 0), ("float32", 32, 50)])
+def test_scifact_top10_equals_numpy_funnel(tmp_path, data_dir, precision, dim, shortlist):
+    """Real data: SciFact corpus and test queries (MiniLM vectors), a briefly fitted adaptor."""
+    from matryoshka_adaptor.eval.datasets import load_beir
+    from matryoshka_adaptor.embed.sources import load_precomputed
+
+    pre = load_precomputed(data_dir / "scifact" / "embeddings" / "all-MiniLM-L6-v2")
+    test_q = set(load_beir(data_dir / "scifact").qrels["test"])
+    queries = pre.queries[[i for i, q in enumerate(pre.query_ids) if q in test_q]]
+    est = MatryoshkaAdaptor(dims=(32, 64, 128), steps=10, batch_size=128, device="cpu", progress=False,
+                            seed=0).fit(pre.corpus)
+    index = FunnelIndex.create(tmp_path / "db", adaptor=est, dim=dim, precision=precision, calibration=pre.corpus)
+    index.add(iter_arrays(pre.corpus, pre.corpus_ids, batch_rows=1000))
+    hits = index.search(queries, k=10, shortlist=shortlist)
+    ref_rows, _ = numpy_funnel(est, pre.corpus, queries, dim, precision, 10, shortlist)
+    assert len(queries) == 300
+    np.testing.assert_array_equal(hits.rows, ref_rows)
+    assert hits.ids[0] == [pre.corpus_ids[r] for r in ref_rows[0]]

@@ -173,6 +173,11 @@ def equal_bytes_rows(method, name: str, seed: int, corpus: np.ndarray, q_test: n
     if getattr(method, "supervised", False):
         full_sources["adapted"] = (method.encode(q_test, d), method.encode(corpus, d))
     out = []
+    store = None
+    if cfg.store == "lancedb":
+        from ..index.benchmark_store import LanceFunnelStore
+
+        store = LanceFunnelStore()
     for m in dims:
         qp, cp = method.encode(q_test, m), method.encode(corpus, m)
         for precision in cfg.quantize:
@@ -180,16 +185,18 @@ def equal_bytes_rows(method, name: str, seed: int, corpus: np.ndarray, q_test: n
             for shortlist in cfg.rescore:
                 for source, (qf, cf) in (full_sources.items() if shortlist else [("none", (None, None))]):
                     k = min(cfg.top_k, shortlist) if shortlist else cfg.top_k
-                    if cfg.store == "lancedb":
-                        from ..index.benchmark_store import lancedb_funnel
-
-                        idx = lancedb_funnel(cp, cf, qp, qf, precision, k, shortlist)
+                    if store is not None:
+                        key = (m, precision, source if shortlist else "original")
+                        idx = store.search(key, cp, cf if shortlist else full_sources["original"][1], qp, qf,
+                                           precision, k, shortlist)
                     else:
                         idx, _ = funnel_search(qp, first, k, shortlist=shortlist, query_full=qf, corpus_full=cf)
                     run = run_from_ranking(idx, test_ids, corpus_ids, top_k=k)
                     out.append({"method": name, "seed": seed, "dim": m, "precision": precision,
                                 "bytes": bytes_per_vector(m, precision), "shortlist": shortlist, "rescore_with": source,
                                 **evaluate_run(qrels, run, recall_k=cfg.top_k)})
+    if store is not None:
+        store.close()
     return out
 
 

@@ -37,9 +37,10 @@ import numpy as np
 
 from ..errors import FunnelIndexError, InputError
 from ..quantization import (
-    PRECISIONS, QuantizedVectors, _rank_rows, bytes_per_vector, check_precision, int8_ranges, quantize_binary,
+    PRECISIONS, QuantizedVectors, _rank_rows, bytes_per_vector, check_precision, quantize_binary,
     quantize_int8, rescore, topk_deterministic,
 )
+from ..quantization import int8_ranges as calibrate_int8
 from ..validation import check_embeddings, l2_normalize
 
 FORMAT = "matryoshka-adaptor-funnel"
@@ -139,7 +140,7 @@ class FunnelIndex:
     def create(cls, path: str | Path, *, adaptor=None, dim: int, precision: str = "binary",
                rescore_with: str = "original", calibration: np.ndarray | None = None, input_dim: int | None = None,
                table: str = DEFAULT_TABLE, embedding_model: str | None = None, payload: dict | None = None,
-               ) -> FunnelIndex:
+               int8_ranges: np.ndarray | None = None, _precomputed: bool = False) -> FunnelIndex:
         """Create an empty funnel table at LanceDB folder ``path`` (refuses an existing table).
 
         Parameters
@@ -151,8 +152,10 @@ class FunnelIndex:
         precision : {"float32", "int8", "binary"}
         rescore_with : {"original", "adapted"}
             The ``full`` column: the normalised input vector, or the adaptor's full-dim output.
-        calibration : (n, input_dim) array, needed for int8
+        calibration : (n, input_dim) array, needed for int8 (unless ``int8_ranges`` is given)
             Input vectors (e.g. the corpus or a sample) whose adapted prefixes set the int8 ranges.
+        int8_ranges : (2, dim) array, optional
+            Per-dimension [min; max] of the prefixes, instead of ``calibration``.
         input_dim : int, needed without an adaptor
         embedding_model : str, optional
             The sentence-transformers model that makes the input vectors; lets ``search`` take texts.
@@ -178,17 +181,21 @@ class FunnelIndex:
             raise InputError(f"payload column(s) {clash} clash with the index's own columns {RESERVED_COLUMNS}.")
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": int(dim), "precision": precision,
                 "input_dim": int(d), "full_dim": int(d), "rescore_with": rescore_with,
-                "adaptor_fingerprint": adaptor_fingerprint(adaptor), "embedding_model": embedding_model,
+                "adaptor_fingerprint": "precomputed" if _precomputed else adaptor_fingerprint(adaptor),
+                "embedding_model": embedding_model,
                 "base_model": getattr(adaptor, "base_model", None), "int8_ranges": None,
                 "payload_columns": sorted(payload)}
         index = cls(None, meta, adaptor)
-        if precision == "int8":
+        if precision == "int8" and int8_ranges is not None:
+            index.ranges = np.asarray(int8_ranges, dtype=np.float32)
+            meta["int8_ranges"] = index.ranges.tolist()
+        elif precision == "int8":
             if calibration is None:
                 raise InputError("int8 needs calibration vectors (e.g. the corpus or a sample of it) to set its "
                                  "per-dimension ranges; pass calibration=...")
             prefixes = [index._encode(np.asarray(calibration[s:s + 8192]), s)[0]
                         for s in range(0, len(calibration), 8192)]
-            index.ranges = int8_ranges(np.concatenate(prefixes))
+            index.ranges = calibrate_int8(np.concatenate(prefixes))
             meta["int8_ranges"] = index.ranges.tolist()
         prefix_type = {"float32": pa.float32(), "int8": pa.int8(), "binary": pa.uint8()}[precision]
         schema = pa.schema(
@@ -212,6 +219,9 @@ class FunnelIndex:
         adaptor = _load_adaptor(adaptor)
         recorded, given = meta["adaptor_fingerprint"], adaptor_fingerprint(adaptor)
         if recorded != given:
+            if recorded == "precomputed":
+                raise FunnelIndexError(f"table {table!r} in {path} holds prefixes computed outside the index "
+                                       "(FunnelIndex.from_encoded); search it with search_encoded.")
             if recorded == "none":
                 hint = "it was built without an adaptor; open it without one"
             elif given == "none":
@@ -221,6 +231,23 @@ class FunnelIndex:
             raise FunnelIndexError(f"table {table!r} in {path} was built with adaptor {recorded[:12]}, not "
                                    f"{given[:12]}: {hint}.")
         return cls(tbl, meta, adaptor)
+
+    @classmethod
+    def from_encoded(cls, path: str | Path, prefix: np.ndarray, full: np.ndarray, ids: list[str], *,
+                     precision: str = "binary", table: str = DEFAULT_TABLE, batch_rows: int = 65536) -> FunnelIndex:
+        """A table from prefixes made elsewhere (PCA, truncation, an adaptor's own output).
+
+        Such a table has no encoder: search it with :meth:`search_encoded`. The benchmark's
+        ``--store lancedb`` uses this to run every method's funnel through LanceDB. int8 ranges
+        are calibrated on ``prefix``.
+        """
+        prefix = np.asarray(prefix, dtype=np.float32)
+        index = cls.create(path, dim=prefix.shape[1], precision=precision, input_dim=full.shape[1], table=table,
+                           int8_ranges=calibrate_int8(prefix) if precision == "int8" else None, _precomputed=True)
+        for s in range(0, len(prefix), batch_rows):
+            index._append(list(ids[s:s + batch_rows]), prefix[s:s + batch_rows], np.asarray(full[s:s + batch_rows]),
+                          None, s)
+        return index
 
     # ---------------------------------------------------------------- encoding
     def _encode(self, x: np.ndarray, offset: int = 0, *, name: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +400,7 @@ class FunnelIndex:
         scores = np.empty((len(q), n), np.float64)
         while len(todo):
             res = (self.table.search(q[todo], vector_column_name="prefix").distance_type(metric)
-                   .limit(limit).select(["row"]).to_arrow())
+                   .limit(limit).select(["row", "_distance"]).to_arrow())
             qi = res.column("query_index").to_numpy() if "query_index" in res.column_names else np.zeros(res.num_rows, int)
             r_all, d_all = res.column("row").to_numpy(), res.column("_distance").to_numpy().astype(np.float64)
             again = []
