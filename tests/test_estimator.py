@@ -159,3 +159,11 @@ def test_every_recipe_sets_the_same_parameters_of_init():
     for recipe in RECIPES.values():
         assert set(recipe) == set(_RECIPE_KEYS)
         assert set(recipe) <= params
+
+
+def test_binary_weight_adds_the_quantisation_aware_term_and_round_trips(corpus, tmp_path):
+    base = MatryoshkaAdaptor(dims=(8, 16), **FAST).fit(corpus)
+    qat = MatryoshkaAdaptor(dims=(8, 16), binary_weight=1.0, **FAST).fit(corpus)
+    assert not np.allclose(base.transform(corpus, 8), qat.transform(corpus, 8))
+    qat.save(tmp_path / "q")
+    assert MatryoshkaAdaptor.load(tmp_path / "q").get_params()["binary_weight"] == 1.0

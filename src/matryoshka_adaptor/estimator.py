@@ -82,6 +82,9 @@ class MatryoshkaAdaptor:
         there, so the default recipe relaxes the strong stage-1 reconstruction).
     topk_weight, listwise_weight : weights of the paper's top-k loss and the listwise KL term.
     temperature : softmax temperature of the listwise term.
+    binary_weight : weight of a quantisation-aware listwise term computed on the *binarised*
+        prefixes (straight-through sign), so that a binary first stage keeps the ranking
+        (0 = off; see docs/ablations.md, "quantisation-aware").
     rank_scale : multiplies cosine differences inside the ranking loss (1 = paper).
     hard_negatives : per labeled query, its top full-dim corpus neighbours added to the supervised
         batch (unjudged ones act as negatives; 0 = random negatives only, as in the paper).
@@ -119,6 +122,7 @@ class MatryoshkaAdaptor:
         topk_weight: float | None = None,
         listwise_weight: float | None = None,
         temperature: float = 0.05,
+        binary_weight: float = 0.0,
         rank_scale: float | None = None,
         steps: int | None = None,
         supervised_steps: int | None = None,
@@ -156,6 +160,7 @@ class MatryoshkaAdaptor:
         self.topk_weight = topk_weight
         self.listwise_weight = listwise_weight
         self.temperature = temperature
+        self.binary_weight = binary_weight
         self.rank_scale = rank_scale
         self.steps = steps
         self.supervised_steps = supervised_steps
@@ -319,7 +324,7 @@ class MatryoshkaAdaptor:
         net = AdaptorNet(d, hidden, self.depth, None if rotation is None else torch.from_numpy(rotation),
                          learn_rotation=s["learn_rotation"])
         weights = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["beta"],
-                              listwise=s["listwise_weight"], rank=s["gamma"])
+                              listwise=s["listwise_weight"], rank=s["gamma"], binary=self.binary_weight)
         trainer = Trainer(
             net, dims, weights, lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
             temperature=self.temperature, rank_scale=s["rank_scale"], random_negatives=self.random_negatives,

@@ -134,3 +134,33 @@ def test_losses_are_zero_when_adapted_equals_original(rng):
     target = losses.prefix_cosine_matrix(x, x, (12,))[0]
     assert losses.pairwise_similarity_loss(x, target, (12,)).item() == pytest.approx(0, abs=1e-12)
     assert losses.reconstruction_loss(x, x).item() == 0.0
+
+
+def test_relaxed_sign_forward_is_sign_and_gradient_flows():
+    from matryoshka_adaptor.nn.losses import relaxed_sign
+
+    x = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    y = relaxed_sign(x)
+    assert torch.equal(y.detach(), torch.where(x > 0, 1.0, -1.0).to(x.dtype))
+    y.sum().backward()
+    soft = torch.tanh(x.detach() * 4 / 0.5)
+    torch.testing.assert_close(x.grad, (1 - soft ** 2) * 4 / 0.5)
+
+
+def test_binary_listwise_loss_gradient_and_hamming_semantics(rng):
+    from matryoshka_adaptor.nn.losses import binary_listwise_distillation_loss, prefix_cosine_matrix, relaxed_sign
+
+    a = torch.tensor(rng.standard_normal((4, 12)), dtype=torch.float64, requires_grad=True)
+    p = torch.tensor(rng.standard_normal((7, 12)), dtype=torch.float64, requires_grad=True)
+    target = torch.tensor(rng.uniform(-1, 1, (4, 7)), dtype=torch.float64)
+    # the relaxed (non straight-through) version is smooth: check its gradient numerically
+    assert torch.autograd.gradcheck(
+        lambda a_, p_: binary_listwise_distillation_loss(a_, p_, target, (4, 12), straight_through=False, tau=2.0),
+        (a, p))
+    # straight-through: prefix cosines are exactly 1 - 2 * hamming / m
+    cos = prefix_cosine_matrix(relaxed_sign(a), relaxed_sign(p), (12,))[0].detach()
+    ham = ((a.detach()[:, None] > 0) != (p.detach()[None] > 0)).sum(-1)
+    torch.testing.assert_close(cos, 1 - 2 * ham.double() / 12)
+    loss = binary_listwise_distillation_loss(a, p, target, (4, 12))
+    loss.backward()
+    assert loss.item() > 0 and a.grad.abs().sum() > 0 and p.grad.abs().sum() > 0

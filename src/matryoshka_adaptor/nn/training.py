@@ -34,6 +34,7 @@ class LossWeights:
     rec: float = 1.0
     listwise: float = 0.0
     rank: float = 1.0
+    binary: float = 0.0  # listwise term on binarised prefixes (quantisation-aware; 0 = off)
 
 
 @dataclass
@@ -226,6 +227,11 @@ class Trainer:
                 ad_a, adapted, z_a_const @ z_const.T, self.dims, temperature=self.temperature, mask=mask
             )
             total = total + self.w.listwise * parts["listwise"]
+        if self.w.binary:
+            parts["binary"] = losses.binary_listwise_distillation_loss(
+                ad_a, adapted, z_a_const @ z_const.T, self.dims, temperature=self.temperature,
+                mask=listwise_pool_mask(anchor_ids, pool_rows, self._n_corpus_anchors))
+            total = total + self.w.binary * parts["binary"]
         return total, parts
 
     def _supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -435,7 +441,7 @@ class Trainer:
         def step():
             q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
             loss, parts = self._supervised_loss(q)
-            if any((self.w.topk, self.w.pair, self.w.rec, self.w.listwise)):
+            if any((self.w.topk, self.w.pair, self.w.rec, self.w.listwise, self.w.binary)):
                 u_loss, u_parts = self._unsupervised_loss(draw_anchors())
                 loss = loss + u_loss
                 parts.update(u_parts)
