@@ -162,6 +162,30 @@ def column_bytes(corpus: np.ndarray, ids: list[str], root: Path) -> dict:
     return sizes
 
 
+def markdown(result: dict) -> str:
+    lines = []
+    for st in result["stores"]:
+        f = st["full_dim"]
+        lines += [f"**{st['name']}** ({st['n']:,} x {st['d']}; top 10)", "",
+                  "| search | first-stage bytes/vector | p50 ms (1 query) | p99 ms | QPS (batches of 64) | "
+                  "recall@10 vs full-dim |", "| --- | --- | --- | --- | --- | --- |",
+                  f"| full-dim float32 (dot) | {f['bytes_per_vector']} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+                  f"{f['qps_batched']:.0f} | 1 |"]
+        for c in st["configs"]:
+            for kind, key, rec in (("funnel", "funnel", "recall@10_vs_full"),
+                                   ("first stage only", "first_stage_only", "recall@10_first_stage_only")):
+                t = c[key]
+                label = (f"{c['precision']} {c['dim']}d + rescore top-{c['shortlist']}" if kind == "funnel"
+                         else f"{c['precision']} {c['dim']}d, no rescoring")
+                lines.append(f"| {label} | {c['prefix_bytes_per_vector']} | {t['p50_ms']:.1f} | {t['p99_ms']:.1f} | "
+                             f"{t['qps_batched']:.0f} | {c[rec]:.3f} |")
+        lines += ["", "| column | bytes on disk | bytes/row |", "| --- | --- | --- |"]
+        for label, v in st["column_bytes"].items():
+            lines.append(f"| {label} | {v['bytes']:,} | {v['bytes_per_row']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scifact", help="BEIR SciFact folder with embeddings/all-MiniLM-L6-v2")
@@ -193,6 +217,7 @@ def main() -> None:
         os.unlink(out / "synthetic.npy")
     result["load_average_end"] = os.getloadavg()
     (out / "funnel_speed.json").write_text(json.dumps(result, indent=2))
+    (out / "funnel_speed.md").write_text(markdown(result))
     print(f"wrote {out / 'funnel_speed.json'}")
 
 
