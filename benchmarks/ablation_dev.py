@@ -8,6 +8,10 @@ queries (unlabeled or labeled) train on the 70 %, and nDCG@10 is measured on the
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "topk_weight=0, alpha=0, beta=1, steps=300" --queries
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "" --supervised --seeds 0,1
     python benchmarks/ablation_dev.py --data ../shared/data/scifact --baselines
+    python benchmarks/ablation_dev.py --data ../shared/data/scifact "binary_weight=1" --quantize
+
+``--quantize`` reports equal-bytes columns instead of float dims: binary prefixes of 64..384 bits
+without rescoring and with the top 100 rescored by the full float32 originals, and int8 prefixes.
 
 The positional argument is a Python keyword list passed to MatryoshkaAdaptor(...).
 """
@@ -26,9 +30,14 @@ from matryoshka_adaptor import MatryoshkaAdaptor
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.methods import FitData, make_method
 from matryoshka_adaptor.eval.metrics import evaluate_run
-from matryoshka_adaptor.eval.retrieval import retrieve
+from matryoshka_adaptor.eval.retrieval import retrieve, run_from_ranking
+from matryoshka_adaptor.quantization import QuantizedVectors, bytes_per_vector, funnel_search
+from matryoshka_adaptor.validation import l2_normalize
 
 DIMS = [16, 32, 64, 128, 256, 384]
+# (precision, prefix dims, shortlist rescored with float32 originals; 0 = none)
+QUANTIZED = [("binary", 64, 0), ("binary", 128, 0), ("binary", 256, 0), ("binary", 384, 0), ("binary", 64, 100),
+             ("binary", 128, 100), ("int8", 32, 0), ("int8", 64, 0), ("float32", 64, 0)]
 
 
 def main() -> None:
@@ -38,6 +47,7 @@ def main() -> None:
     ap.add_argument("--queries", action="store_true", help="unsupervised, with the 70 %% train queries unlabeled")
     ap.add_argument("--supervised", action="store_true", help="supervised on the 70 %% train queries' qrels")
     ap.add_argument("--baselines", action="store_true", help="print truncate and PCA only")
+    ap.add_argument("--quantize", action="store_true", help="equal-bytes columns (binary/int8 first stages)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; the row is their mean (single-seed rows move by ~0.01)")
     args = ap.parse_args()
 
@@ -56,12 +66,29 @@ def main() -> None:
     Qdev, Qfit = Q[[qpos[q] for q in dev_q]], Q[[qpos[q] for q in fit_q]]
 
     def scores(encode):
+        if args.quantize:
+            return quantized_scores(encode)
         return [evaluate_run(dev_qrels, retrieve(encode(Qdev, m), encode(C, m), dev_q, cid))["ndcg@10"] for m in DIMS]
+
+    C_unit, Qdev_unit = l2_normalize(C), l2_normalize(Qdev)
+
+    def quantized_scores(encode):
+        out = []
+        for precision, m, shortlist in QUANTIZED:
+            first = QuantizedVectors.encode(encode(C, m), precision)
+            idx, _ = funnel_search(encode(Qdev, m), first, 100, shortlist=shortlist, query_full=Qdev_unit,
+                                   corpus_full=C_unit)
+            out.append(evaluate_run(dev_qrels, run_from_ranking(idx, dev_q, cid))["ndcg@10"])
+        return out
 
     def report(label, row):
         print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in row) + " |", flush=True)
 
-    print("| setting | " + " | ".join(map(str, DIMS)) + " |")
+    if args.quantize:
+        print("| setting | " + " | ".join(f"{p} {m}d = {bytes_per_vector(m, p)} B{f' + top-{s}' if s else ''}"
+                                          for p, m, s in QUANTIZED) + " |")
+    else:
+        print("| setting | " + " | ".join(map(str, DIMS)) + " |")
     if args.baselines:
         # The benchmark's own baseline classes, fitted on the corpus only.
         for name, label in (("truncate", "truncate"), ("pca", "pca (uncentred)")):

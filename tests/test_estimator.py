@@ -226,3 +226,11 @@ def test_every_recipe_is_a_valid_partial_config_and_every_field_a_parameter():
     for name, recipe in RECIPES.items():
         assert set(recipe) <= set(FIELDS)
         assert AdaptorConfig.from_recipe(name) == AdaptorConfig(**recipe, recipe=name)
+
+
+def test_binary_weight_adds_the_quantisation_aware_term_and_round_trips(corpus, tmp_path):
+    base = MatryoshkaAdaptor(dims=(8, 16), **FAST).fit(corpus)
+    qat = MatryoshkaAdaptor(dims=(8, 16), binary_weight=1.0, **FAST).fit(corpus)
+    assert not np.allclose(base.transform(corpus, 8), qat.transform(corpus, 8))
+    qat.save(tmp_path / "q")
+    assert MatryoshkaAdaptor.load(tmp_path / "q").get_params()["binary_weight"] == 1.0

@@ -1,4 +1,4 @@
-"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve | export``.
+"""Command line: ``matryoshka-adaptor fit | transform | info | benchmark | embed | serve | export | index``.
 
 Every failure a user can cause ends as one ``error: ...`` line and a non-zero exit code
 (2: bad input or an unusable path, 130: interrupted, 1: anything unexpected); the Python
@@ -306,6 +306,10 @@ def benchmark(
     train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
     cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
     adaptor_params: Optional[str] = typer.Option(None, help='JSON of MatryoshkaAdaptor parameters, e.g. \'{"steps": 800}\'.'),
+    quantize: Optional[str] = typer.Option(None, help="Equal-bytes evaluation: first-stage precisions, e.g. float32,int8,binary."),
+    rescore: str = typer.Option("0", help="With --quantize: shortlist sizes rescored with full float32 vectors (0: none), e.g. 0,50,100,200."),
+    quantize_dims: Optional[str] = typer.Option(None, help="With --quantize: prefix dims to evaluate (default: --dims and the full dim)."),
+    store: str = typer.Option("numpy", help="With --quantize: run the funnel in memory (numpy) or through LanceDB tables (lancedb)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """nDCG@10 against dimension for each method on a BEIR dataset; writes a table and the plot.
@@ -321,10 +325,17 @@ def benchmark(
         dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
         cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
+        quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
+        rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,
+        store=store,
     )
     result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
+    if result.get("equal_bytes_summary"):
+        from .eval.report import equal_bytes_tables
+
+        typer.echo(equal_bytes_tables(result))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -467,6 +478,10 @@ def _json_object(text: Optional[str], option: str) -> dict:
 from .integrations.commands import export as _export  # noqa: E402  (command code lives with the integration)
 
 app.command("export")(_export)
+
+from .index.cli import app as _index_app  # noqa: E402  (command code lives with the index)
+
+app.add_typer(_index_app, name="index")
 
 
 def main() -> None:

@@ -186,6 +186,9 @@ class AdaptorConfig:
     beta: float = param(20.0, Interval(float, 0), "Weight of the reconstruction loss in stage 1.")
     listwise_weight: float = param(1.0, Interval(float, 0), "Weight of the listwise KL distillation term.")
     temperature: float = param(0.05, Interval(float, 0, open_low=True), "Softmax temperature of the listwise term.")
+    binary_weight: float = param(0.0, Interval(float, 0), "Weight of the quantisation-aware listwise term on the "
+                                 "binarised (straight-through sign) prefixes, so a binary first stage keeps the "
+                                 "ranking (0 = off; docs/ablations.md).")
     listwise_negatives: int = param(0, Interval(int, 0),
                                     "Random corpus rows added to the listwise pool of every unsupervised step.")
     query_fraction: float = param(0.25, Interval(float, 0, 1),

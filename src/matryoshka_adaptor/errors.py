@@ -19,6 +19,11 @@ class AdaptorFileError(InputError):
     """The path is not a readable adaptor folder of a supported format version."""
 
 
+class FunnelIndexError(InputError):
+    """A funnel index table that cannot be used as asked: not written by ``index build``, built with a
+    different adaptor, or of an unsupported format version."""
+
+
 class NotFittedError(MatryoshkaError, RuntimeError):
     """The adaptor has not been fitted (or loaded) yet."""
 

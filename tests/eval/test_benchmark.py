@@ -78,3 +78,48 @@ def test_scifact_full_dim_reference_is_0_6451(data_dir):
     result = run_benchmark(cfg, progress=False)
     full = next(e for e in result["summary"] if e["method"] == "full")
     assert full["ndcg@10"] == pytest.approx(0.6451, abs=5e-5)
+
+
+def test_equal_bytes_benchmark_rows_table_and_pareto_plot(tmp_path):
+    from matryoshka_adaptor.eval.report import equal_bytes_tables, pareto_front
+
+    root = make_toy_dataset(tmp_path / "toy")
+    cfg = BenchmarkConfig(dataset=str(root), embeddings=str(root / "embeddings"), dims=(8, 16),
+                          methods=("truncate", "pca", "adaptor-supervised"), seeds=(0,),
+                          adaptor_params={"steps": 20, "supervised_steps": 10, "eval_every": 10, "device": "cpu"},
+                          quantize=("float32", "int8", "binary"), rescore=(0, 20), quantize_dims=(8, 16))
+    result = run_benchmark(cfg, progress=False)
+    rows = result["equal_bytes_summary"]
+    by = {(e["method"], e["dim"], e["precision"], e["shortlist"], e["rescore_with"]): e for e in rows}
+    assert by[("full", 32, "float32", 0, "none")]["bytes"] == 128
+    assert by[("pca", 16, "binary", 0, "none")]["bytes"] == 2 and by[("truncate", 8, "int8", 0, "none")]["bytes"] == 8
+    # float32 without rescoring is the plain benchmark's number; the supervised adaptor is also rescored
+    # with its own adapted vectors
+    plain = {(e["method"], e["dim"]): e["ndcg@10"] for e in result["summary"]}
+    assert by[("pca", 16, "float32", 0, "none")]["ndcg@10"] == pytest.approx(plain[("pca", 16)], abs=1e-9)
+    assert ("adaptor-supervised", 8, "binary", 20, "adapted") in by
+    assert ("truncate", 8, "binary", 20, "adapted") not in by
+    # rescoring the full-dim binary shortlist with float32 moves toward the float32 result
+    full = by[("full", 32, "float32", 0, "none")]["ndcg@10"]
+    assert abs(by[("full", 32, "binary", 20, "original")]["ndcg@10"] - full) <= \
+        abs(by[("full", 32, "binary", 0, "none")]["ndcg@10"] - full) + 1e-9
+    front = pareto_front([e for e in rows if e["shortlist"] == 0])
+    assert [e["bytes"] for e in front] == sorted(e["bytes"] for e in front)
+    assert all(b["ndcg@10"] > a["ndcg@10"] for a, b in zip(front, front[1:]))
+    md = equal_bytes_tables(result)
+    assert "| 8 |" in md and "best adaptor-supervised" in md
+    paths = write_report(result, tmp_path / "out")
+    assert paths["equal_bytes_png"].read_bytes()[:4] == b"\x89PNG"
+    assert "| method | dim | precision | bytes/vector |" in paths["equal_bytes_md"].read_text()
+
+
+def test_equal_bytes_lancedb_store_matches_numpy(tmp_path):
+    pytest.importorskip("lancedb")
+    root = make_toy_dataset(tmp_path / "toy")
+    common = dict(dataset=str(root), embeddings=str(root / "embeddings"), dims=(8,), methods=("pca",), seeds=(0,),
+                  quantize=("int8", "binary"), rescore=(0, 20), quantize_dims=(8, 16))
+    a = run_benchmark(BenchmarkConfig(**common), progress=False)["equal_bytes_rows"]
+    b = run_benchmark(BenchmarkConfig(**common, store="lancedb"), progress=False)["equal_bytes_rows"]
+    assert len(a) == len(b) == 3 * 2 * 2 + 2 * 2  # pca: dims 8, 16, 32 x 2 precisions x 2 shortlists; full: 2 x 2
+    for ra, rb in zip(a, b):
+        assert ra["ndcg@10"] == pytest.approx(rb["ndcg@10"], abs=1e-12), (ra, rb)

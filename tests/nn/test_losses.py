@@ -183,3 +183,31 @@ def test_gradcheck_ranking_loss_with_a_query_without_positives(rng, with_mask):
     mask = torch.tensor(rng.random((3, 6)) < 0.6) if with_mask else None
     fn = lambda q, d: losses.ranking_loss(q, d, grades, DIMS, scale=5.0, positive_mask=mask)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (_t(rng.standard_normal((3, 12))), _t(rng.standard_normal((6, 12)))))
+def test_relaxed_sign_forward_is_sign_and_gradient_flows():
+    from matryoshka_adaptor.nn.losses import relaxed_sign
+
+    x = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    y = relaxed_sign(x)
+    assert torch.equal(y.detach(), torch.where(x > 0, 1.0, -1.0).to(x.dtype))
+    y.sum().backward()
+    soft = torch.tanh(x.detach() * 4 / 0.5)
+    torch.testing.assert_close(x.grad, (1 - soft ** 2) * 4 / 0.5)
+
+
+def test_binary_listwise_loss_gradient_and_hamming_semantics(rng):
+    from matryoshka_adaptor.nn.losses import binary_listwise_distillation_loss, prefix_cosine_matrix, relaxed_sign
+
+    a = torch.tensor(rng.standard_normal((4, 12)), dtype=torch.float64, requires_grad=True)
+    p = torch.tensor(rng.standard_normal((7, 12)), dtype=torch.float64, requires_grad=True)
+    target = torch.tensor(rng.uniform(-1, 1, (4, 7)), dtype=torch.float64)
+    # the relaxed (non straight-through) version is smooth: check its gradient numerically
+    assert torch.autograd.gradcheck(
+        lambda a_, p_: binary_listwise_distillation_loss(a_, p_, target, (4, 12), straight_through=False, tau=2.0),
+        (a, p))
+    # straight-through: prefix cosines are exactly 1 - 2 * hamming / m
+    cos = prefix_cosine_matrix(relaxed_sign(a), relaxed_sign(p), (12,))[0].detach()
+    ham = ((a.detach()[:, None] > 0) != (p.detach()[None] > 0)).sum(-1)
+    torch.testing.assert_close(cos, 1 - 2 * ham.double() / 12)
+    loss = binary_listwise_distillation_loss(a, p, target, (4, 12))
+    loss.backward()
+    assert loss.item() > 0 and a.grad.abs().sum() > 0 and p.grad.abs().sum() > 0

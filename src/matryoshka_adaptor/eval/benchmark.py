@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed
 from ..errors import InputError
-from ..validation import check_dims
+from ..validation import check_dims, l2_normalize
 from .datasets import BeirDataset, resolve_dataset
 from .methods import FitData, make_method
 from .metrics import evaluate_run
-from .retrieval import retrieve
+from .retrieval import retrieve, run_from_ranking
+from ..quantization import QuantizedVectors, bytes_per_vector, check_precision, funnel_search
 
 
 @dataclass
@@ -34,6 +35,12 @@ class BenchmarkConfig:
     top_k: int = 100
     cache: str | None = None
     adaptor_params: dict = field(default_factory=dict)
+    # Equal-bytes evaluation (empty: off): precisions of the first stage, shortlist sizes rescored
+    # with full float32 vectors (0: no rescoring), and the prefix dims to evaluate (None: dims + d).
+    quantize: tuple[str, ...] = ()
+    rescore: tuple[int, ...] = (0,)
+    quantize_dims: tuple[int, ...] | None = None
+    store: str = "numpy"  # where the funnel runs: numpy (in memory) or lancedb (a table per configuration)
 
 
 def _versions() -> dict:
@@ -110,7 +117,17 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
                        list(train_queries) or None, {q: ds.qrels[cfg.train_split][q] for q in train_queries} or None)
     qrels = {q: ds.qrels[cfg.split][q] for q in test_ids}
 
-    rows = []
+    if cfg.quantize:
+        for p in cfg.quantize:
+            check_precision(p)
+        if any(s_ < 0 for s_ in cfg.rescore):
+            raise InputError(f"--rescore sizes must be >= 0 (0: no rescoring); got {list(cfg.rescore)}.")
+        if cfg.store not in ("numpy", "lancedb"):
+            raise InputError(f"unknown store {cfg.store!r}; choose numpy or lancedb.")
+    q_dims = check_dims(cfg.quantize_dims, d) if cfg.quantize_dims else dims
+    q_dims = tuple(sorted(set(q_dims) | {d}))
+
+    rows, eb_rows = [], []
     methods = ["full"] + [m for m in cfg.methods if m != "full"]
     jobs = [(m, s) for m in methods for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
     bar = tqdm(jobs, desc="benchmark", disable=not progress)
@@ -127,6 +144,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
             run = retrieve(method.encode(q_test, m), method.encode(corpus, m), test_ids, ds.corpus_ids, top_k=cfg.top_k)
             rows.append({"method": name, "seed": seed, "dim": m, "fit_seconds": round(fit_s, 3),
                          **evaluate_run(qrels, run, recall_k=cfg.top_k)})
+        if cfg.quantize:
+            eb_rows += equal_bytes_rows(method, name, seed, corpus, q_test, test_ids, ds.corpus_ids, qrels, cfg,
+                                        (d,) if method.full_dim_only else q_dims)
     return {
         "dataset": str(ds.path), "dataset_name": ds.name, "split": cfg.split, "train_split": cfg.train_split,
         "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
@@ -134,7 +154,67 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
         "model": cfg.model, "embeddings": cfg.embeddings, "adaptor_params": cfg.adaptor_params,
         "versions": _versions(), "machine": machine_description(),
         "rows": rows, "summary": summarize(rows),
+        **({"quantize": list(cfg.quantize), "rescore": list(cfg.rescore), "store": cfg.store,
+            "equal_bytes_rows": eb_rows, "equal_bytes_summary": summarize_equal_bytes(eb_rows)}
+           if cfg.quantize else {}),
     }
+
+
+def equal_bytes_rows(method, name: str, seed: int, corpus: np.ndarray, q_test: np.ndarray, test_ids: list[str],
+                     corpus_ids: list[str], qrels: dict, cfg: BenchmarkConfig, dims: tuple[int, ...]) -> list[dict]:
+    """One fitted method evaluated at every (prefix dim, precision, shortlist, rescoring vectors).
+
+    The first stage stores the method's prefix at the given precision (int8 calibrated on the corpus
+    prefix); a shortlist is rescored with the full float32 originals, and a supervised adaptor's
+    also with its own full-dim adapted vectors. Bytes/vector counts the first stage's stored bytes.
+    """
+    d = corpus.shape[1]
+    full_sources = {"original": (l2_normalize(q_test), l2_normalize(corpus))}
+    if getattr(method, "supervised", False):
+        full_sources["adapted"] = (method.encode(q_test, d), method.encode(corpus, d))
+    out = []
+    store = None
+    if cfg.store == "lancedb":
+        from ..index.benchmark_store import LanceFunnelStore
+
+        store = LanceFunnelStore()
+    for m in dims:
+        qp, cp = method.encode(q_test, m), method.encode(corpus, m)
+        for precision in cfg.quantize:
+            first = QuantizedVectors.encode(cp, precision)  # int8: calibrated on this corpus prefix
+            for shortlist in cfg.rescore:
+                for source, (qf, cf) in (full_sources.items() if shortlist else [("none", (None, None))]):
+                    k = min(cfg.top_k, shortlist) if shortlist else cfg.top_k
+                    if store is not None:
+                        key = (m, precision, source if shortlist else "original")
+                        idx = store.search(key, cp, cf if shortlist else full_sources["original"][1], qp, qf,
+                                           precision, k, shortlist)
+                    else:
+                        idx, _ = funnel_search(qp, first, k, shortlist=shortlist, query_full=qf, corpus_full=cf)
+                    run = run_from_ranking(idx, test_ids, corpus_ids, top_k=k)
+                    out.append({"method": name, "seed": seed, "dim": m, "precision": precision,
+                                "bytes": bytes_per_vector(m, precision), "shortlist": shortlist, "rescore_with": source,
+                                **evaluate_run(qrels, run, recall_k=cfg.top_k)})
+    if store is not None:
+        store.close()
+    return out
+
+
+def summarize_equal_bytes(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (method, dim, precision, shortlist, rescore_with)."""
+    keys = ("method", "dim", "precision", "bytes", "shortlist", "rescore_with")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        entry = dict(zip(keys, key), n_seeds=len(rs))
+        for metric in ("ndcg@10", "recall@100", "mrr@10"):
+            vals = np.array([r[metric] for r in rs], dtype=float)
+            entry[metric] = float(vals.mean())
+            entry[f"{metric}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out.append(entry)
+    return out
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -35,3 +35,26 @@ def retrieve(
                 break
         run[qid] = hits
     return run
+
+
+def run_from_ranking(
+    indices: np.ndarray, query_ids: list[str], corpus_ids: list[str], *, top_k: int = 100,
+    ignore_identical_ids: bool = True,
+) -> dict[str, dict[str, float]]:
+    """A run from ranked corpus rows (best first), scored by rank so the evaluator keeps this order.
+
+    trec_eval orders tied scores by document id, which would override a deliberate tie-break
+    (Hamming distances tie often): scores here are ``top_k - rank``, all distinct.
+    """
+    run: dict[str, dict[str, float]] = {}
+    for qi, qid in enumerate(query_ids):
+        hits: dict[str, float] = {}
+        for ci in indices[qi]:
+            did = corpus_ids[ci]
+            if ignore_identical_ids and did == qid:
+                continue
+            hits[did] = float(top_k - len(hits))
+            if len(hits) == top_k:
+                break
+        run[qid] = hits
+    return run

@@ -138,3 +138,41 @@ def ranking_loss(
         return queries.new_zeros(())
     terms = F.softplus(scale * (sims[:, :, None, :] - pos_sims[:, :, :, None]))  # (M, B, P, N)
     return (terms * weight[None]).sum() / (total * sims.shape[0])
+
+
+def relaxed_sign(x: torch.Tensor, tau: float = 0.5, *, straight_through: bool = True) -> torch.Tensor:
+    """A differentiable stand-in for ``sign(x)`` (the binary quantiser).
+
+    ``tanh(x * sqrt(d) / tau)``: coordinates of a unit vector are ~1/sqrt(d), so ``tau`` is on the
+    scale of a typical coordinate. With ``straight_through`` the forward value is exactly
+    ``sign(x)`` (prefix cosines of ±1 vectors are ``1 - 2 * hamming / m``, the binary ranking) and
+    the gradient is the tanh's.
+    """
+    soft = torch.tanh(x * (x.shape[-1] ** 0.5) / tau)
+    if not straight_through:
+        return soft
+    hard = torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
+    return soft + (hard - soft).detach()
+
+
+def binary_listwise_distillation_loss(
+    anchors: torch.Tensor,
+    pool: torch.Tensor,
+    target: torch.Tensor,
+    dims: Sequence[int],
+    *,
+    temperature: float = 0.05,
+    tau: float = 0.5,
+    straight_through: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Quantisation-aware listwise term: ``listwise_distillation_loss`` on the *binarised* prefixes.
+
+    Anchors and pool go through :func:`relaxed_sign`, so the m-prefix cosines are (straight-through:
+    exactly) the Hamming similarities a binary first stage ranks by; the target is still the
+    full-dim float cosines. Trains prefixes whose sign bits keep the full-dim ranking.
+    """
+    return listwise_distillation_loss(
+        relaxed_sign(anchors, tau, straight_through=straight_through),
+        relaxed_sign(pool, tau, straight_through=straight_through),
+        target, dims, temperature=temperature, mask=mask)

@@ -157,6 +157,12 @@ def _listwise_term(b: UnsupervisedBatch) -> torch.Tensor:
                                              temperature=b.config.temperature, mask=mask)
 
 
+def _binary_term(b: UnsupervisedBatch) -> torch.Tensor:
+    mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors)
+    return losses.binary_listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
+                                                    temperature=b.config.temperature, mask=mask)
+
+
 def _ranking_term(b: SupervisedBatch) -> torch.Tensor:
     return losses.ranking_loss(b.queries, b.docs, b.grades, b.dims, scale=b.config.rank_scale,
                                positive_mask=b.as_positive)
@@ -197,6 +203,7 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("pair", _pair_term, "alpha"),
     LossTerm("rec", _reconstruction_term, "beta", stage2_weight="supervised_beta"),
     LossTerm("listwise", _listwise_term, "listwise_weight"),
+    LossTerm("binary", _binary_term, "binary_weight"),
     LossTerm("rank", _ranking_term, "gamma", supervised=True),
 )
 
