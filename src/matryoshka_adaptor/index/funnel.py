@@ -133,7 +133,7 @@ class FunnelIndex:
         self.input_dim = meta.get("input_dim")
         self.full_dim = int(meta["full_dim"])
         self.ranges = None if meta.get("int8_ranges") is None else np.asarray(meta["int8_ranges"], np.float32)
-        self._np = None if adaptor is None else adaptor._numpy_adaptor()
+        self._np = None if adaptor is None else adaptor.numpy_adaptor()
 
     # ---------------------------------------------------------------- create / open
     @classmethod
