@@ -1,0 +1,111 @@
+"""Where a default fit's time goes on high-dimensional (API-sized) vectors, phase by phase.
+
+    python benchmarks/high_dim.py --n 50000 --d 3072 --steps 10 --out results/high_dim
+
+Builds a synthetic corpus (clustered unit vectors, as in speed.py), then runs the phases of
+``MatryoshkaAdaptor.fit`` one by one with the same functions the estimator calls, timing each:
+sampling + normalising, the uncentred PCA (SVD), neighbour mining, and ``--steps`` training steps
+of each architecture variant (learned Cayley rotation or fixed PCA rotation; hidden width), plus one
+held-out validation pass. A full fit's time is extrapolated as
+prepare + mine + steps_default x ms/step + validations x val time; the numbers are per phase so
+a run can stop early and still say where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+from matryoshka_adaptor.estimator import RECIPES, default_dims
+from matryoshka_adaptor.eval.benchmark import machine_description
+from matryoshka_adaptor.neighbors import mine_neighbors
+from matryoshka_adaptor.nn.module import AdaptorNet
+from matryoshka_adaptor.nn.training import LossWeights, Trainer, UnsupervisedData
+from matryoshka_adaptor.validation import l2_normalize
+
+_spec = importlib.util.spec_from_file_location("speed", Path(__file__).with_name("speed.py"))
+speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(speed)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--d", type=int, default=3072)
+    ap.add_argument("--steps", type=int, default=10, help="training steps timed per variant")
+    ap.add_argument("--variants", default="rot:3072,rot:512,fixed:3072,fixed:512",
+                    help="comma list of rotation:hidden, rotation = rot (learned Cayley) or fixed (PCA)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"synthetic-{args.n}x{args.d}.npy"
+    if not path.is_file():
+        speed.synthetic_corpus(path, args.n, args.d)
+    res = {"machine": machine_description(), "commit": speed.commit(), "n": args.n, "d": args.d,
+           "torch_threads": torch.get_num_threads(), "phases": {}, "variants": {}}
+    print(res["machine"], flush=True)
+    s = RECIPES["default"]
+    x = np.load(path, mmap_mode="r")
+    sample, t = timed(lambda: l2_normalize(np.asarray(x, dtype=np.float32)))
+    res["phases"]["read_normalise_s"] = round(t, 2)
+    (_, _, vt), t = timed(lambda: np.linalg.svd(sample.astype(np.float64), full_matrices=False))
+    rotation = vt.T.astype(np.float32)
+    res["phases"]["pca_svd_s"] = round(t, 2)
+    print(res["phases"], flush=True)
+    nb, t = timed(lambda: mine_neighbors(sample, sample, 10, exclude=np.arange(len(sample)), method="auto",
+                                         seed=0, device="cpu"))
+    res["phases"]["mine_s"] = round(t, 2)
+    res["phases"]["mine_method"] = nb.method
+    res["phases"]["mine_recall"] = nb.recall_at_k
+    print(res["phases"], flush=True)
+    dims = default_dims(args.d)
+    for spec in args.variants.split(","):
+        kind, hidden = spec.split(":")
+        torch.manual_seed(0)
+        net = AdaptorNet(args.d, int(hidden), 2, torch.from_numpy(rotation), learn_rotation=kind == "rot")
+        trainer = Trainer(net, dims, LossWeights(topk=0, pair=0, rec=s["beta"], listwise=1.0), seed=0,
+                          query_fraction=0.0, progress=False)
+        data = UnsupervisedData(sample, sample, nb.indices, nb.scores, corpus_anchors=len(sample))
+        # steps=0 sets the trainer's data up and runs one validation pass (timed); then the
+        # optimisation step itself (as Trainer._loop runs it) is timed after one warm-up step.
+        _, val_s = timed(lambda: trainer.fit_unsupervised(data, 0))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        draw = trainer._anchor_sampler(np.arange(len(sample)), 128, 0.0)
+
+        def one_step():
+            with parametrize.cached():
+                loss, _ = trainer._unsupervised_loss(draw())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        one_step()
+        _, t = timed(lambda: [one_step() for _ in range(args.steps)])
+        step_s = t / args.steps
+        n_val = s["steps"] // 100 + 1
+        row = {"ms_per_step": round(1000 * step_s, 1), "validation_s": round(val_s, 2),
+               "train_estimate_s": round(s["steps"] * step_s + n_val * val_s, 1)}
+        row["fit_estimate_s"] = round(row["train_estimate_s"] + sum(
+            v for k, v in res["phases"].items() if k.endswith("_s")), 1)
+        res["variants"][spec] = row
+        print(spec, row, flush=True)
+        (out / "high_dim.json").write_text(json.dumps(res, indent=2))
+    (out / "high_dim.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
