@@ -159,3 +159,22 @@ def test_every_recipe_sets_the_same_parameters_of_init():
     for recipe in RECIPES.values():
         assert set(recipe) == set(_RECIPE_KEYS)
         assert set(recipe) <= params
+
+
+def test_large_inputs_get_gram_pca_narrow_hidden_and_a_rotation_learned_in_leading_dims():
+    from matryoshka_adaptor.scaling import large_input_architecture, uncentred_pca_basis
+
+    assert large_input_architecture(384, (16, 32, 64, 128, 256, 384)) == (384, None)  # unchanged up to 1,024
+    assert large_input_architecture(3072, (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)) == (768, 512)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1300, 1100)).astype(np.float32) * np.linspace(3, 0.1, 1100, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    basis = uncentred_pca_basis(x, rng)  # Gram + eigh above 1,024 dims
+    np.testing.assert_allclose(basis.T @ basis, np.eye(1100), atol=1e-4)
+    _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    assert np.abs(np.sum(basis[:, :5] * vt[:5].T, axis=0)).min() > 0.99  # same leading directions (up to sign)
+    est = MatryoshkaAdaptor(dims=(64, 256, 1100), steps=2, progress=False, device="cpu").fit(x)
+    assert est.hidden_dim_ == 275
+    r = est.weights_["rotation"]
+    np.testing.assert_allclose(r.T @ r, np.eye(1100), atol=1e-4)
+    np.testing.assert_allclose(est.transform(x[:50], 64), est.transform(x[:50], 64, backend="torch"), atol=1e-5)

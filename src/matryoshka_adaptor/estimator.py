@@ -19,7 +19,8 @@ from .errors import NotFittedError
 from . import persistence
 from ._version import __version__
 from .inference import NumpyAdaptor
-from .neighbors import mine_neighbors
+from .neighbors import mine_neighbors, neighbors_in_corpus
+from .scaling import large_input_architecture, uncentred_pca_basis
 from .validation import (
     InputError,
     check_dims,
@@ -73,7 +74,10 @@ class MatryoshkaAdaptor:
     dims : Matryoshka dims trained jointly (default: 16, 32, ... below d, and d).
     recipe : "default" (PCA start + listwise distillation + reconstruction, see docs/ablations.md)
         or "paper" (the paper's exact method). Parameters left at None take the recipe's value.
-    hidden_dim, depth : MLP width (default: input dim) and number of linear layers.
+    hidden_dim, depth : MLP width (default: input dim; d/4 above 1,024 dims, see scaling.py) and
+        number of linear layers.
+    rotation_dims : with ``learn_rotation``, learn the rotation only in the leading this-many PCA
+        coordinates (default: all up to 1,024 input dims; above, the largest trained dim <= d/4).
     init : "pca" (start from the uncentred PCA rotation of the corpus) or "identity".
     learn_rotation : train the rotation too, kept exactly orthogonal (saved as a fixed matrix).
     k : neighbours per anchor for the top-k loss, mined on the original full-dim vectors.
@@ -99,6 +103,9 @@ class MatryoshkaAdaptor:
     use_queries : let the unsupervised losses also see query vectors (no labels needed).
     max_fit_vectors : corpus rows sampled for fitting (bigger corpora are sampled, not loaded whole).
     neighbor_search : "auto", "exact" or "faiss".
+    neighbors_from : when the corpus is sampled (above ``max_fit_vectors``), mine the sampled
+        anchors' neighbours in the "sample" or in the whole "corpus" (streamed from the memory-mapped
+        array; the neighbour rows found are added to the training rows).
     device : "auto" (GPU when there is one), "cpu", "cuda", ...
     """
 
@@ -108,6 +115,7 @@ class MatryoshkaAdaptor:
         *,
         recipe: str = "default",
         hidden_dim: int | None = None,
+        rotation_dims: int | None = None,
         depth: int = 2,
         init: str | None = None,
         learn_rotation: bool | None = None,
@@ -137,6 +145,7 @@ class MatryoshkaAdaptor:
         use_queries: bool = True,
         max_fit_vectors: int = 50_000,
         neighbor_search: str = "auto",
+        neighbors_from: str = "sample",
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
@@ -145,6 +154,7 @@ class MatryoshkaAdaptor:
         self.dims = dims
         self.recipe = recipe
         self.hidden_dim = hidden_dim
+        self.rotation_dims = rotation_dims
         self.depth = depth
         self.init = init
         self.learn_rotation = learn_rotation
@@ -174,6 +184,7 @@ class MatryoshkaAdaptor:
         self.use_queries = use_queries
         self.max_fit_vectors = max_fit_vectors
         self.neighbor_search = neighbor_search
+        self.neighbors_from = neighbors_from
         self.seed = seed
         self.device = device
         self.progress = progress
@@ -293,31 +304,41 @@ class MatryoshkaAdaptor:
         if s["init"] == "pca":
             # Uncentred PCA basis: an orthogonal rotation, so full-dim cosines are unchanged
             # and the leading coordinates carry the most energy.
-            _, _, vt = np.linalg.svd(sample.astype(np.float64), full_matrices=False)
-            rotation = vt.T.astype(np.float32)
-            if rotation.shape[1] < d:  # fewer samples than dims: complete the basis
-                q, _ = np.linalg.qr(np.concatenate([rotation, rng.standard_normal((d, d - rotation.shape[1]))], 1))
-                rotation = np.concatenate([rotation, q[:, rotation.shape[1] :]], 1).astype(np.float32)
+            rotation = uncentred_pca_basis(sample, rng)
 
         # Anchors: every sampled corpus row, plus queries (unlabeled use) when allowed.
         k = min(self.k, len(sample) - 1)
         if k < 1:
             raise InputError("the corpus needs at least 2 vectors to mine neighbours for training.")
         device = resolve_device(self.device)
-        nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), method=self.neighbor_search,
-                            progress=self.progress, seed=self.seed, device=device)
-        anchors, nb_idx, nb_sims = sample, nb.indices, nb.scores
-        if q_unit is not None and self.use_queries:
-            qnb = mine_neighbors(q_unit, sample, k, method=self.neighbor_search, progress=self.progress,
-                                 seed=self.seed, device=device)
-            anchors = np.concatenate([sample, q_unit])
+        if self.neighbors_from not in ("sample", "corpus"):
+            raise InputError(f"neighbors_from must be 'sample' or 'corpus'; got {self.neighbors_from!r}.")
+        if self.neighbors_from == "corpus" and len(rows) < n:
+            # A sampled corpus: the anchors' neighbours come from every row (neighbors.neighbors_in_corpus);
+            # `sample` becomes the sampled rows followed by the neighbour rows found outside them.
+            n_sampled = len(sample)
+            sample, nb, qnb = neighbors_in_corpus(
+                corpus, rows, sample, k, queries=q_unit if self.use_queries else None, method=self.neighbor_search,
+                device=device, progress=self.progress, seed=self.seed)
+        else:
+            n_sampled = len(sample)
+            nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), method=self.neighbor_search,
+                                progress=self.progress, seed=self.seed, device=device)
+            qnb = None
+            if q_unit is not None and self.use_queries:
+                qnb = mine_neighbors(q_unit, sample, k, method=self.neighbor_search, progress=self.progress,
+                                     seed=self.seed, device=device)
+        anchors, nb_idx, nb_sims = sample[:n_sampled], nb.indices, nb.scores
+        if qnb is not None:
+            anchors = np.concatenate([anchors, q_unit])
             nb_idx = np.concatenate([nb_idx, qnb.indices])
             nb_sims = np.concatenate([nb_sims, qnb.scores])
         mining_seconds = time.perf_counter() - started
 
-        hidden = self.hidden_dim or d
+        auto_hidden, auto_rotation_dims = large_input_architecture(d, dims)  # (d, None) up to 1,024 dims
+        hidden = self.hidden_dim or auto_hidden
         net = AdaptorNet(d, hidden, self.depth, None if rotation is None else torch.from_numpy(rotation),
-                         learn_rotation=s["learn_rotation"])
+                         learn_rotation=s["learn_rotation"], rotation_dims=self.rotation_dims or auto_rotation_dims)
         weights = LossWeights(topk=s["topk_weight"], pair=s["alpha"], rec=s["beta"],
                               listwise=s["listwise_weight"], rank=s["gamma"])
         trainer = Trainer(
@@ -328,7 +349,7 @@ class MatryoshkaAdaptor:
             validation_fraction=self.validation_fraction, eval_every=self.eval_every, patience=self.patience,
             seed=self.seed, device=device, progress=self.progress,
         )
-        unsup = UnsupervisedData(sample, anchors, nb_idx, nb_sims, corpus_anchors=len(sample))
+        unsup = UnsupervisedData(sample, anchors, nb_idx, nb_sims, corpus_anchors=n_sampled)
         stage1 = trainer.fit_unsupervised(unsup, s["steps"])
         history = {"unsupervised": stage1.history}
         last = stage1.history[-1]["val"] if stage1.history else None
