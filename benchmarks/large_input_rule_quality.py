@@ -31,8 +31,14 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
     ap.add_argument("--datasets", default="scifact,nfcorpus")
     ap.add_argument("--arms", default="default,rule", help="default and/or rule")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on the busy shared 2-core machine a 2-thread LU, the learned rotation's "
+                         "Cayley solve, stalled for 100+ ms a step; quality does not depend on it)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     arms = {"default": {}, "rule": dict(hidden_dim=96, rotation_dims=64)}  # rule: hidden 96, rotation 64
     arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
     result = {}

@@ -31,8 +31,14 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("MA_DATA_DIR", "../shared/data") + "/scifact")
     ap.add_argument("--sample", type=int, default=500)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on the busy shared 2-core machine a 2-thread LU, the learned rotation's "
+                         "Cayley solve, stalled for 100+ ms a step; quality does not depend on it)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     ds = load_beir(args.data)
     emb = Path(args.data) / "embeddings" / "all-MiniLM-L6-v2"
     corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
