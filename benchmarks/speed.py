@@ -85,7 +85,7 @@ def transform_speed(d: int, n: int, dim: int, device: str) -> dict:
     # multiply-adds per vector in the numpy path: fused first layer (d x h), rotation and last layer cut to dim
     flops = 2 * (d * h + d * dim + h * dim)
     t_np = best_time(lambda: np_adaptor.apply_chunked(x, dim))
-    row = {"d": d, "dim": dim, "n": n, "numpy_vectors_per_s": round(n / t_np),
+    row = {"d": d, "dim": dim, "n": n, "numpy_threads": np_adaptor.n_threads, "numpy_vectors_per_s": round(n / t_np),
            "numpy_gflops": round(n * flops / t_np / 1e9, 1)}
     gemm = gemm_gflops(8192, d, h)
     row["numpy_gemm_gflops"] = round(gemm, 1)
@@ -182,6 +182,7 @@ def main() -> None:
     result: dict = {"machine": machine_description(), "commit": commit(), "device": device, "fit": {},
                     "transform": [], "memory": []}
     print(f"machine: {result['machine']}, device {device}, commit {result['commit']}", flush=True)
+    print(f"cores: {result['machine']['cores']} (numpy transform threads: {NumpyAdaptor({'layers.0.weight': np.zeros((1, 1)), 'layers.0.bias': np.zeros(1)}).n_threads})", flush=True)
 
     for d in (384, 768):
         row = transform_speed(d, 200_000, 64, device)

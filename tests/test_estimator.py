@@ -7,6 +7,7 @@ import pytest
 
 from conftest import clustered
 from matryoshka_adaptor import MatryoshkaAdaptor, NotFittedError
+from matryoshka_adaptor.errors import InputError
 from matryoshka_adaptor.neighbors import exact_topk
 
 # Fast fits skip the learned rotation unless a test is about it (it is the slow part of a step).
@@ -234,3 +235,36 @@ def test_binary_weight_adds_the_quantisation_aware_term_and_round_trips(corpus, 
     assert not np.allclose(base.transform(corpus, 8), qat.transform(corpus, 8))
     qat.save(tmp_path / "q")
     assert MatryoshkaAdaptor.load(tmp_path / "q").get_params()["binary_weight"] == 1.0
+
+
+def test_large_inputs_get_gram_pca_narrow_hidden_and_a_rotation_learned_in_leading_dims():
+    from matryoshka_adaptor.config import large_input_architecture
+    from matryoshka_adaptor.pca import pca_rotation
+
+    assert large_input_architecture(384, (16, 32, 64, 128, 256, 384)) == (384, None)  # unchanged up to 1,024
+    assert large_input_architecture(3072, (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)) == (768, 512)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1300, 1100)).astype(np.float32) * np.linspace(3, 0.1, 1100, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    basis = pca_rotation(x, rng)  # Gram + eigh above 1,024 dims
+    np.testing.assert_allclose(basis.T @ basis, np.eye(1100), atol=1e-4)
+    _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+    assert np.abs(np.sum(basis[:, :5] * vt[:5].T, axis=0)).min() > 0.99  # same leading directions (up to sign)
+    est = MatryoshkaAdaptor(dims=(64, 256, 1100), steps=2, progress=False, device="cpu").fit(x)
+    assert est.hidden_dim_ == 275
+    r = est.weights_["rotation"]
+    np.testing.assert_allclose(r.T @ r, np.eye(1100), atol=1e-4)
+    np.testing.assert_allclose(est.transform(x[:50], 64), est.transform(x[:50], 64, backend="torch"), atol=1e-5)
+
+
+def test_neighbors_from_corpus_mines_a_sampled_fit_in_every_row_and_is_checked():
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((300, 16)).astype(np.float32)
+    est = MatryoshkaAdaptor(dims=(8, 16), max_fit_vectors=100, neighbors_from="corpus", steps=3, eval_every=2,
+                            progress=False, device="cpu").fit(corpus)
+    assert est.settings_.neighbors_from == "corpus"
+    assert est.fit_summary_["n_fit_vectors"] > 100  # the sample plus neighbour rows found outside it
+    with pytest.raises(InputError, match="neighbors_from"):
+        MatryoshkaAdaptor(neighbors_from="everything")
+    with pytest.raises(InputError, match="rotation_dims"):
+        MatryoshkaAdaptor(rotation_dims=0)

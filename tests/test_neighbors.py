@@ -48,3 +48,57 @@ def test_mine_neighbors_uses_the_fit_device(corpus):
     idx, _ = brute(corpus[:20], corpus, 3)
     np.testing.assert_array_equal(res.indices, idx)
     assert res.method == "exact"
+
+
+def _brute(anchors, corpus_unit, k, exclude):
+    s = anchors @ corpus_unit.T
+    for i, e in enumerate(exclude):
+        if e >= 0:
+            s[i, e] = -np.inf
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+def test_neighbors_in_corpus_finds_true_neighbours_outside_the_sample(tmp_path):
+    from matryoshka_adaptor.neighbors import neighbors_in_corpus
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 16)).astype(np.float32) * 3
+    np.save(tmp_path / "c.npy", x)
+    corpus = np.load(tmp_path / "c.npy", mmap_mode="r")
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.sort(rng.choice(3000, 200, replace=False))
+    queries = unit[:5] + 0.01
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for device in (None, "cpu"):
+        table, nb, qnb = neighbors_in_corpus(corpus, rows, unit[rows], 5, queries=queries, method="exact",
+                                             device=device)
+        np.testing.assert_allclose(table[:200], unit[rows])  # the sample keeps its positions
+        # Mapped back through the table, the neighbours are the exact whole-corpus ones (self excluded).
+        back = np.concatenate([rows, np.setdiff1d(np.unique(np.concatenate([rows, _brute(unit[rows], unit, 5, rows).ravel(), _brute(queries, unit, 5, -np.ones(5, int)).ravel()])), rows)])
+        np.testing.assert_allclose(table, unit[back], atol=1e-6)
+        assert (back[nb.indices] == _brute(unit[rows], unit, 5, rows)).mean() > 0.999
+        assert (back[qnb.indices] == _brute(queries, unit, 5, -np.ones(5, int))).all()
+        assert not (back[nb.indices] == rows[:, None]).any()
+
+
+def test_ivf_recall_is_measured_and_high_with_enough_probes(tmp_path):
+    pytest.importorskip("faiss")
+    from matryoshka_adaptor.neighbors import ivf_topk
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5000, 16)).astype(np.float32)
+    res = ivf_topk(x[:300] / np.linalg.norm(x[:300], axis=1, keepdims=True), x, 10, exclude=np.arange(300),
+                   nprobe=64, recall_sample=100)
+    assert res.method == "faiss-ivf" and res.recall_at_k > 0.95
+    assert not (res.indices == np.arange(300)[:, None]).any()
+
+
+def test_fit_with_whole_corpus_neighbours_trains_on_sample_plus_neighbour_rows():
+    from matryoshka_adaptor import MatryoshkaAdaptor
+
+    x = np.random.default_rng(2).standard_normal((1200, 24)).astype(np.float32)
+    est = MatryoshkaAdaptor(dims=(8, 24), steps=3, max_fit_vectors=100, neighbors_from="corpus", progress=False,
+                            device="cpu").fit(x)
+    assert 100 < est.fit_summary_["n_fit_vectors"] <= 100 + 100 * 10
+    with pytest.raises(Exception, match="neighbors_from must be"):
+        MatryoshkaAdaptor(max_fit_vectors=100, neighbors_from="all", progress=False).fit(x)

@@ -250,12 +250,23 @@ def transform(
     column: Optional[str] = typer.Option(None, help="Embedding column of Parquet/npz input (default: embedding)."),
     id_column: Optional[str] = typer.Option(None, help="Id column of Parquet input (default: id)."),
     chunk_rows: int = typer.Option(8192, help="Rows per chunk (>= 1): bounds memory for inputs larger than RAM."),
+    engine: str = typer.Option("local", help="local (this process) or ray: INPUT is a folder or glob of Parquet "
+                                             "shards, OUTPUT a folder; one output shard per input shard, resumable."),
+    ray_address: Optional[str] = typer.Option(None, help="--engine ray: an existing cluster, e.g. ray://head:10001 "
+                                                          "or auto (default: start a local Ray)."),
+    workers: int = typer.Option(2, help="--engine ray: tasks applying the adaptor at once (one CPU each)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Apply an adaptor: adapted vectors, cut to --dim and L2-normalised, streamed in chunks (numpy only).
 
     Example: matryoshka-adaptor transform my-adaptor/ corpus.npy corpus-64.npy --dim 64
+
+    Example (Ray): matryoshka-adaptor transform my-adaptor/ 'shards/*.parquet' out-64/ --dim 64 --engine ray --workers 8
     """
+    if engine != "local":
+        _transform_on_engine(engine, adaptor, str(input), output, dim, column, id_column, chunk_rows, ray_address,
+                             workers, quiet)
+        return
     from .estimator import MatryoshkaAdaptor
     from .formats import check_distinct_paths, check_writable, file_kind, transform_file
     from .validation import check_chunk_rows, check_embeddings, check_output_dim
@@ -276,6 +287,25 @@ def transform(
         n = transform_file(input, output, apply, dim, column=column, id_column=id_column,
                            chunk_rows=chunk_rows, progress=not quiet)
     typer.echo(f"wrote {n} x {dim} vectors to {output}")
+
+
+def _transform_on_engine(engine, adaptor, source, output, dim, column, id_column, batch_rows, ray_address, workers,
+                         quiet) -> None:
+    """`transform --engine ray`: Parquet shards in, one adapted shard out per input shard (errors go
+    through the one handler of ``_UserErrorGroup``)."""
+    from .validation import check_chunk_rows
+
+    if engine != "ray":
+        raise InputError(f"--engine must be 'local' or 'ray'; got {engine!r}.")
+    check_chunk_rows(batch_rows)
+    from .distributed.ray_transform import transform_parquet_shards
+
+    with _sigterm_as_interrupt():
+        report = transform_parquet_shards(adaptor, source, output, dim=dim, column=column, id_column=id_column,
+                                          num_workers=workers, batch_rows=batch_rows, ray_address=ray_address,
+                                          progress=not quiet)
+    typer.echo(f"wrote {len(report.written)} shard(s), {report.rows_written} rows, to {output} "
+               f"({len(report.skipped)} already complete, skipped) in {report.seconds:.1f} s")
 
 
 @app.command()

@@ -153,6 +153,7 @@ def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = Fa
 # --------------------------------------------------------------------------------- config
 
 NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
+NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
 RECIPE_NAMES = ("default", "paper")
 
@@ -174,11 +175,17 @@ class AdaptorConfig:
     dims: tuple[int, ...] | None = param(None, Dims(), "Matryoshka dims trained jointly (None: 16, 32, ... below d, and d).",
                                          optional=True)
     recipe: str = param("default", Options(RECIPE_NAMES), "Named recipe the other values came from (a record).")
-    hidden_dim: int | None = param(None, Interval(int, 1), "MLP width (None: the input dim).", optional=True)
+    hidden_dim: int | None = param(None, Interval(int, 1),
+                                   "MLP width (None: the input dim; d/4 above 1,024 input dims, "
+                                   "see large_input_architecture).", optional=True)
     depth: int = param(2, Interval(int, 1), "Linear layers of the residual MLP (1: a single linear layer).")
     init: str = param("pca", Options(INITS), "Start: 'pca' (uncentred PCA rotation of the corpus) or 'identity'.")
     learn_rotation: bool = param(True, Boolean(),
                                  "Train the rotation too, kept exactly orthogonal (saved as a fixed matrix).")
+    rotation_dims: int | None = param(None, Interval(int, 1),
+                                      "With learn_rotation, learn the rotation only in the leading this-many PCA "
+                                      "coordinates (None: all up to 1,024 input dims; above, the largest trained "
+                                      "dim <= d/4, see large_input_architecture).", optional=True)
     # Unsupervised losses (stage 1, and stage 2 next to the ranking loss)
     k: int = param(10, Interval(int, 1), "Neighbours per anchor, mined on the original full-dim vectors.")
     topk_weight: float = param(0.0, Interval(float, 0), "Weight of the paper's top-k similarity loss.")
@@ -231,6 +238,10 @@ class AdaptorConfig:
     # Data and runtime
     max_fit_vectors: int = param(50_000, Interval(int, 2), "Corpus rows sampled for fitting.")
     neighbor_search: str = param("auto", Options(NEIGHBOR_SEARCH), "Neighbour mining: 'auto', 'exact' or 'faiss'.")
+    neighbors_from: str = param("sample", Options(NEIGHBORS_FROM),
+                                "When the corpus is sampled (above max_fit_vectors), mine the sampled anchors' "
+                                "neighbours in the 'sample' or in the whole 'corpus' (streamed block by block; "
+                                "the neighbour rows found are added to the training rows).")
     seed: int = param(0, Interval(int, 0), "Seed of every random choice of the fit.")
     device: str = param("auto", Text(), "'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     progress: bool = param(True, Boolean(), "Show progress bars.")
@@ -324,3 +335,25 @@ def default_dims(input_dim: int) -> tuple[int, ...]:
         dims.append(m)
         m *= 2
     return tuple(dims + [input_dim])
+
+
+# Inputs wider than this use the large-input choices (768- and 1,024-dim models keep the defaults
+# the quality results in docs/results.md were measured with): the PCA start from the d x d Gram
+# matrix (pca.pca_rotation), a d/4 hidden width and a rotation learned in the leading PCA dims.
+# Measured in docs/performance.md ("High-dimensional inputs").
+LARGE_INPUT_DIM = 1024
+
+
+def large_input_architecture(d: int, dims: tuple[int, ...]) -> tuple[int, int | None]:
+    """(hidden width, learned rotation dims) for input dim ``d``: (d, None = all) up to ``LARGE_INPUT_DIM``.
+
+    Above it: hidden width d/4, and the rotation learned in the leading ``r`` PCA coordinates, r the
+    largest trained dim up to d/4 (3,072 with the default dims: hidden 768, r = 512), so each step
+    solves an r x r Cayley system instead of a d x d one. Explicit ``hidden_dim`` / ``rotation_dims``
+    take precedence.
+    """
+    if d <= LARGE_INPUT_DIM:
+        return d, None
+    quarter = d // 4
+    small = [m for m in dims if m <= quarter]
+    return quarter, (max(small) if small else quarter)

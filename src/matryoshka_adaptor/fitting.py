@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AdaptorConfig, default_dims
+from .config import AdaptorConfig, default_dims, large_input_architecture
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -129,17 +129,16 @@ def labelled_rows(inputs: FitInputs) -> np.ndarray | None:
     return np.fromiter(labeled, dtype=np.int64)
 
 
-def assemble_training_data(inputs: FitInputs, rows: np.ndarray, sample: np.ndarray, queries: np.ndarray | None,
-                           nb: TrainingNeighbors):
-    """The ``TrainingData`` of a fit: sample, anchors and neighbours, and (supervised) the
-    queries' judgements as sample rows."""
+def assemble_training_data(inputs: FitInputs, rows: np.ndarray, queries: np.ndarray | None, nb: TrainingNeighbors):
+    """The ``TrainingData`` of a fit: training rows (the sample, then any neighbour rows from the
+    whole corpus), anchors and neighbours, and (supervised) the queries' judgements as sample rows."""
     from .nn.training import TrainingData
 
     positives = None
     if inputs.positives is not None:
         row_of = {inputs.corpus_ids[r]: i for i, r in enumerate(rows)}
         positives = [[(row_of[doc], g) for doc, g in plist] for plist in inputs.positives]
-    return TrainingData(sample, nb.anchors, nb.indices, nb.scores, nb.n_corpus_anchors,
+    return TrainingData(nb.corpus, nb.anchors, nb.indices, nb.scores, nb.n_corpus_anchors,
                         queries=queries if positives is not None else None, positives=positives,
                         hard_negatives=nb.hard_negatives)
 
@@ -175,16 +174,21 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
 
     device = resolve_device(config.device)
+    # A sampled corpus with neighbors_from="corpus": the sample's neighbours come from every row.
+    whole_corpus = inputs.corpus if config.neighbors_from == "corpus" and len(rows) < n else None
     nb = mine_training_neighbors(
         sample, queries, min(config.k, len(sample) - 1), use_queries=config.use_queries,
         hard_negatives=config.hard_negatives if inputs.supervised else 0, method=config.neighbor_search,
-        progress=config.progress, seed=config.seed, device=device)
-    data = assemble_training_data(inputs, rows, sample, queries, nb)
+        progress=config.progress, seed=config.seed, device=device, whole_corpus=whole_corpus,
+        sample_rows=rows)
+    data = assemble_training_data(inputs, rows, queries, nb)
     mining_seconds = time.perf_counter() - started
 
-    hidden = config.hidden_dim or d
+    auto_hidden, auto_rotation_dims = large_input_architecture(d, inputs.dims)  # (d, None) up to 1,024 dims
+    hidden = config.hidden_dim or auto_hidden
     net = AdaptorNet(d, hidden, config.depth, None if rotation is None else torch.from_numpy(rotation),
-                     learn_rotation=config.learn_rotation)
+                     learn_rotation=config.learn_rotation,
+                     rotation_dims=config.rotation_dims or auto_rotation_dims)
     trainer = Trainer(net, inputs.dims, config, data, device=device)
     stage1 = trainer.fit_unsupervised()
     history = {"unsupervised": stage1.history}
@@ -203,7 +207,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     weights = {k: v.numpy() for k, v in net.cpu().export_weights().items()}
     summary.update({
         "n_corpus": n,
-        "n_fit_vectors": len(sample),
+        "n_fit_vectors": len(nb.corpus),  # the sample plus any neighbour rows from the whole corpus
         "n_queries": 0 if inputs.queries is None else len(inputs.queries),
         "neighbor_search": nb.method,
         "neighbor_recall": nb.recall_at_k,

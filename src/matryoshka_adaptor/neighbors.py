@@ -215,26 +215,179 @@ def mine_neighbors(
     return exact_topk(anchors, corpus, k, exclude=exclude, progress=progress, desc="mining neighbours")
 
 
+def _unit_block(corpus, start: int, stop: int) -> np.ndarray:
+    block = np.asarray(corpus[start:stop], dtype=np.float32)
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    return block / np.maximum(norms, 1e-12)
+
+
+def streamed_topk(
+    anchors: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    exclude: np.ndarray | None = None,
+    block_cols: int = 65536,
+    device: str | None = None,
+    progress: bool = False,
+) -> NeighborResult:
+    """Exact top-k of unit ``anchors`` among all rows of a (memory-mapped, unnormalised) ``corpus``.
+
+    The corpus is read ``block_cols`` rows at a time and normalised block by block, so only one
+    block is in memory; ``exclude`` gives each anchor's own corpus row (-1 for none).
+    """
+    n = corpus.shape[0]
+    k_eff = _neighbours_available(k, n, exclude)
+    best_i = np.empty((len(anchors), 0), dtype=np.int64)
+    best_s = np.empty((len(anchors), 0), dtype=np.float32)
+    bar = tqdm(total=n, desc="mining neighbours (whole corpus)", disable=not progress, unit="row")
+    for cs in range(0, n, block_cols):
+        ce = min(cs + block_cols, n)
+        block = _unit_block(corpus, cs, ce)
+        ex = None
+        if exclude is not None:
+            ex = np.where((exclude >= cs) & (exclude < ce), exclude - cs, -1)
+        kk = min(k_eff, ce - cs - (1 if ex is not None and ce - cs > 1 else 0))
+        if kk < 1:
+            bar.update(ce - cs)
+            continue
+        if device is not None:
+            part = torch_topk(anchors, block, kk, exclude=ex, device=device)
+        else:
+            part = exact_topk(anchors, block, kk, exclude=ex)
+        best_i, best_s = _merge_topk(best_i, best_s, part.indices + cs, part.scores, k_eff)
+        bar.update(ce - cs)
+    bar.close()
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return NeighborResult(np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1), "exact")
+
+
+def ivf_topk(
+    anchors: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    exclude: np.ndarray | None = None,
+    train_rows: np.ndarray | None = None,
+    nprobe: int = 32,
+    block_cols: int = 65536,
+    recall_sample: int = 500,
+    seed: int = 0,
+    progress: bool = False,
+) -> NeighborResult:
+    """Approximate top-k over a large (memory-mapped) corpus with a faiss IVF index, added block by block.
+
+    The index has ~4 sqrt(n) lists trained on ``train_rows`` (e.g. the fit sample); recall@k
+    against ``streamed_topk`` is measured on ``recall_sample`` anchors and returned.
+    """
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "faiss is not installed; `pip install 'matryoshka-adaptor[ann]'` or use neighbor_search='exact'."
+        ) from exc
+    n, d = corpus.shape
+    rng = np.random.default_rng(seed)
+    nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+    if train_rows is None:
+        train_rows = np.sort(rng.choice(n, size=min(n, 50 * nlist), replace=False))
+    train = _unit_block(np.asarray(corpus[np.sort(train_rows)]), 0, len(train_rows))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(train)
+    bar = tqdm(total=n, desc="indexing corpus (faiss IVF)", disable=not progress, unit="row")
+    for cs in range(0, n, block_cols):
+        ce = min(cs + block_cols, n)
+        index.add(_unit_block(corpus, cs, ce))
+        bar.update(ce - cs)
+    bar.close()
+    index.nprobe = min(nprobe, nlist)
+    extra = 1 if exclude is not None else 0
+    scores, indices = index.search(np.ascontiguousarray(anchors, dtype=np.float32), k + extra)
+    if exclude is not None:
+        keep = indices != exclude[:, None]
+        keep[keep.sum(1) > k, -1] = False
+        indices = indices[keep].reshape(len(anchors), k)
+        scores = scores[keep].reshape(len(anchors), k)
+    sample = rng.choice(len(anchors), size=min(recall_sample, len(anchors)), replace=False)
+    ref = streamed_topk(anchors[sample], corpus, k, exclude=None if exclude is None else exclude[sample],
+                        block_cols=block_cols)
+    hits = sum(len(set(a) & set(b)) for a, b in zip(indices[sample], ref.indices))
+    return NeighborResult(indices.astype(np.int64), scores.astype(np.float32), "faiss-ivf", hits / ref.indices.size)
+
+
+def neighbors_in_corpus(
+    corpus: np.ndarray,
+    sample_rows: np.ndarray,
+    sample: np.ndarray,
+    k: int,
+    *,
+    queries: np.ndarray | None = None,
+    method: str = "auto",
+    device: str | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> tuple[np.ndarray, NeighborResult, NeighborResult | None]:
+    """Neighbours of a fit sample's anchors (and of queries) mined in the *whole* corpus.
+
+    When a corpus is sampled for fitting, neighbours mined inside the sample are not the true
+    ones (at 1M rows and a 50k sample an anchor's "top-10" are its top ~200). Here the sampled
+    rows (and the queries) search every row of ``corpus``, streamed block by block from the
+    (memory-mapped) array, and the neighbour rows found outside the sample are appended to it.
+
+    Returns ``(table, corpus_neighbors, query_neighbors)``: ``table`` is the unit-length sample
+    followed by the extra neighbour rows, and the indices of both results point into ``table``
+    (so the first ``len(sample)`` rows keep their positions). ``method``: "exact" streams exact
+    blockwise search (torch on ``device`` when given), "faiss" a faiss IVF index with its recall
+    measured, "auto" exact up to 4e12 multiply-adds.
+    """
+    n, d = corpus.shape
+    anchors = sample if queries is None else np.concatenate([sample, queries])
+    exclude = np.concatenate([sample_rows, np.full(0 if queries is None else len(queries), -1)]).astype(np.int64)
+    if method == "auto":
+        method = "exact" if float(len(anchors)) * n * d <= 4e12 else "faiss"
+    if method == "faiss":
+        res = ivf_topk(anchors, corpus, k, exclude=exclude, train_rows=sample_rows, seed=seed, progress=progress)
+    else:
+        res = streamed_topk(anchors, corpus, k, exclude=exclude, device=device, progress=progress)
+    position = np.full(n, -1, dtype=np.int64)
+    position[sample_rows] = np.arange(len(sample_rows))
+    found = np.unique(res.indices)
+    extra = found[position[found] < 0]
+    position[extra] = len(sample_rows) + np.arange(len(extra))
+    table = np.concatenate([sample, _unit_block(np.asarray(corpus[extra]), 0, len(extra))]) if len(extra) else sample
+    idx = position[res.indices]
+    m = len(sample)
+    corpus_nb = NeighborResult(idx[:m], res.scores[:m], res.method, res.recall_at_k)
+    query_nb = None if queries is None else NeighborResult(idx[m:], res.scores[m:], res.method, res.recall_at_k)
+    return table, corpus_nb, query_nb
+
+
 @dataclass
 class TrainingNeighbors:
     """The neighbours a fit trains on, mined once on the original full-dim vectors.
 
     Attributes
     ----------
+    corpus : ndarray of shape (c, d)
+        The unit corpus rows training uses: the sample, or (neighbours mined in the whole corpus)
+        the sample followed by the neighbour rows found outside it. Its first ``len(sample)``
+        rows are the sample's, in order.
     anchors : ndarray of shape (a, d)
         The corpus sample's rows, then the queries when they are used as unlabelled anchors.
     n_corpus_anchors : int
         How many leading anchors are corpus rows.
     indices, scores : ndarray of shape (a, k)
-        Each anchor's top-k corpus-sample rows (itself excluded) and their cosines.
+        Each anchor's top-k rows of ``corpus`` (itself excluded) and their cosines.
     hard_negatives : ndarray of shape (q, h) or None
-        Each query's top-h corpus-sample rows (supervised fits with ``hard_negatives > 0``).
+        Each query's top-h rows of ``corpus`` (supervised fits with ``hard_negatives > 0``).
     method : str
-        The search that ran ("exact" or "faiss-hnsw").
+        The search that ran ("exact", "faiss-hnsw" or "faiss-ivf").
     recall_at_k : float or None
         For approximate search: recall against exact search on a sample.
     """
 
+    corpus: np.ndarray
     anchors: np.ndarray
     n_corpus_anchors: int
     indices: np.ndarray
@@ -255,18 +408,34 @@ def mine_training_neighbors(
     progress: bool = False,
     seed: int = 0,
     device: str | None = None,
+    whole_corpus: np.ndarray | None = None,
+    sample_rows: np.ndarray | None = None,
 ) -> TrainingNeighbors:
     """Every neighbour search of a fit: the corpus sample's own top-k, the queries' top-k (when
-    ``use_queries``) and each query's top ``hard_negatives`` rows (when > 0), all in ``sample``."""
+    ``use_queries``) and each query's top ``hard_negatives`` rows (when > 0).
+
+    They are searched in ``sample``; or, given ``whole_corpus`` (the full, possibly memory-mapped
+    corpus) and ``sample_rows`` (the sample's row numbers in it), the sample's and queries'
+    neighbours are searched in every corpus row (:func:`neighbors_in_corpus`) and the rows found
+    outside the sample are appended to the training rows (``TrainingNeighbors.corpus``).
+    """
     opts = dict(method=method, progress=progress, seed=seed, device=device)
-    nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), **opts)
+    with_queries = queries is not None and use_queries
+    if whole_corpus is not None:
+        if sample_rows is None:
+            raise ValueError("sample_rows must be given with whole_corpus")
+        table, nb, qnb = neighbors_in_corpus(whole_corpus, sample_rows, sample, k,
+                                             queries=queries if with_queries else None, **opts)
+    else:
+        table = sample
+        nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), **opts)
+        qnb = mine_neighbors(queries, sample, k, **opts) if with_queries else None
     anchors, idx, sims = sample, nb.indices, nb.scores
-    if queries is not None and use_queries:
-        qnb = mine_neighbors(queries, sample, k, **opts)
+    if qnb is not None:
         anchors = np.concatenate([sample, queries])
         idx = np.concatenate([idx, qnb.indices])
         sims = np.concatenate([sims, qnb.scores])
     hard = None
     if queries is not None and hard_negatives > 0:
-        hard = mine_neighbors(queries, sample, min(hard_negatives, len(sample)), **opts).indices
-    return TrainingNeighbors(anchors, len(sample), idx, sims, hard, nb.method, nb.recall_at_k)
+        hard = mine_neighbors(queries, table, min(hard_negatives, len(table)), **opts).indices
+    return TrainingNeighbors(table, anchors, len(sample), idx, sims, hard, nb.method, nb.recall_at_k)

@@ -29,3 +29,42 @@ def test_exported_weights_follow_the_naming_contract():
             names = set(net.export_weights())
             assert names == expected_names(depth, rotation is not None or learn)
             assert count_layers(names) == depth
+        partial = AdaptorNet(6, 4, depth, torch.eye(6), learn_rotation=True, rotation_dims=3)
+        assert set(partial.export_weights()) == expected_names(depth, True)
+
+
+def test_rotation_learned_in_a_leading_subspace_stays_orthogonal_and_exports_one_matrix():
+    torch.manual_seed(0)
+    start = torch.linalg.qr(torch.randn(24, 24))[0]
+    net = AdaptorNet(24, 8, rotation=start, learn_rotation=True, rotation_dims=6)
+    assert sum(p.numel() for n, p in net.named_parameters() if n.startswith("rot.")) == 36  # 6 x 6, not 24 x 24
+    with torch.no_grad():  # move the learned block away from the identity
+        for p in net.rot.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.nn.functional.normalize(torch.randn(10, 24), dim=-1)
+    z = net.rotate(x)
+    assert torch.allclose(z @ z.T, x @ x.T, atol=1e-5)  # still orthogonal: full-dim cosines unchanged
+    assert torch.allclose(z[:, 6:], x @ start[:, 6:], atol=1e-6)  # coordinates past the block are the start's
+    w = net.export_weights()
+    assert torch.allclose(x @ w["rotation"], z, atol=1e-5)
+    fixed = AdaptorNet(24, 8, rotation=w["rotation"])
+    fixed.load_state_dict(w)
+    assert torch.allclose(fixed(x)[0], net(x)[0], atol=1e-5)
+
+
+def test_cayley_rotation_gradient_matches_finite_differences():
+    from matryoshka_adaptor.nn.module import CayleyRotation, _Cayley
+
+    torch.manual_seed(0)
+    target = torch.randn(5, 5, dtype=torch.float64)
+
+    def loss(x):
+        upper = x.triu(1)
+        return (_Cayley.apply(upper - upper.T) * target).sum()
+
+    assert torch.autograd.gradcheck(loss, (0.3 * torch.randn(5, 5, dtype=torch.float64, requires_grad=True),))
+    rot = CayleyRotation(5)
+    with torch.no_grad():
+        rot.skew.normal_(0, 0.3)
+    q = rot.matrix().detach()
+    assert torch.allclose(q.T @ q, torch.eye(5), atol=1e-5)

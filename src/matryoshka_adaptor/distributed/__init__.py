@@ -1,0 +1,1 @@
+"""Applying adaptors on distributed engines (optional extras: ``ray``)."""

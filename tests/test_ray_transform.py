@@ -1,0 +1,110 @@
+"""`transform --engine ray` on a real local Ray instance started by the test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Data is the optional `ray` extra: pip install 'matryoshka-adaptor[ray]'")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from matryoshka_adaptor import MatryoshkaAdaptor  # noqa: E402
+from matryoshka_adaptor.distributed.ray_transform import transform_parquet_shards  # noqa: E402
+from matryoshka_adaptor.errors import InputError  # noqa: E402
+from matryoshka_adaptor.formats import read_embeddings, write_embeddings  # noqa: E402
+
+D = 24
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def adaptor():
+    x = np.random.default_rng(0).standard_normal((300, D)).astype(np.float32)
+    return MatryoshkaAdaptor(dims=(8, D), steps=5, progress=False, device="cpu", seed=0).fit(x)
+
+
+def write_shards(folder, sizes, seed=1, ids=True):
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, n in enumerate(sizes):
+        x = rng.standard_normal((n, D)).astype(np.float32)
+        names = [f"doc-{i}-{j}" for j in range(n)] if ids else None
+        write_embeddings(folder / f"part-{i:03d}.parquet", x, names)
+        parts.append((x, names))
+    return parts
+
+
+def test_shards_equal_single_process_transform_with_ids_and_order(tmp_path, local_ray, adaptor):
+    parts = write_shards(tmp_path / "in", [700, 1, 2500])
+    report = transform_parquet_shards(adaptor, tmp_path / "in", tmp_path / "out", dim=8, num_workers=2,
+                                      batch_rows=256)
+    assert len(report.written) == 3 and report.rows_written == 3201 and not report.skipped
+    for i, (x, names) in enumerate(parts):
+        got, got_ids = read_embeddings(tmp_path / "out" / f"part-{i:03d}.parquet")
+        assert got_ids == names  # ids kept, rows in input order
+        np.testing.assert_allclose(got, adaptor.transform(x, 8), atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-000.parquet", "part-001.parquet",
+                                                                      "part-002.parquet"]
+
+
+def test_rerun_skips_complete_shards_and_redoes_partial_ones(tmp_path, local_ray, adaptor):
+    parts = write_shards(tmp_path / "in", [400, 300], ids=False)
+    out = tmp_path / "out"
+    transform_parquet_shards(adaptor, str(tmp_path / "in" / "part-*.parquet"), out, dim=8, num_workers=2)
+    done = out / "part-000.parquet"
+    before = done.stat().st_mtime_ns
+    # A crash mid-shard: a truncated output (wrong row count) and a leftover temporary file.
+    write_embeddings(out / "part-001.parquet", np.ones((10, 8), np.float32))
+    (out / ".partial-part-001.parquet").write_bytes(b"half")
+    report = transform_parquet_shards(adaptor, tmp_path / "in", out, dim=8, num_workers=2)
+    assert report.skipped == [str(done)] and report.written == [str(out / "part-001.parquet")]
+    assert done.stat().st_mtime_ns == before
+    got, ids = read_embeddings(out / "part-001.parquet")
+    assert ids is None
+    np.testing.assert_allclose(got, adaptor.transform(parts[1][0], 8), atol=1e-6)
+    assert not list(out.glob(".partial-*"))
+
+
+def test_bad_input_fails_before_work_with_one_line(tmp_path, local_ray, adaptor):
+    folder = tmp_path / "in"
+    write_embeddings(folder / "a.parquet", np.ones((5, D + 1), np.float32))
+    with pytest.raises(InputError, match=f"{D + 1}-dim vectors but the adaptor expects {D}"):
+        transform_parquet_shards(adaptor, folder, tmp_path / "out")
+    with pytest.raises(InputError, match="no .parquet files"):
+        transform_parquet_shards(adaptor, tmp_path / "empty-*.parquet", tmp_path / "out")
+
+
+def test_nan_row_inside_a_worker_is_reported_as_input_error(tmp_path, local_ray, adaptor):
+    x = np.random.default_rng(0).standard_normal((50, D)).astype(np.float32)
+    x[7, 3] = np.nan
+    write_embeddings(tmp_path / "in" / "a.parquet", x)
+    with pytest.raises(InputError, match="a.parquet.*NaN"):
+        transform_parquet_shards(adaptor, tmp_path / "in", tmp_path / "out", num_workers=1)
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written left behind
+
+
+def test_cli_engine_ray(tmp_path, local_ray, adaptor):
+    from typer.testing import CliRunner
+
+    from matryoshka_adaptor.cli import app
+
+    parts = write_shards(tmp_path / "in", [300, 200])
+    adaptor.save(tmp_path / "ad")
+    args = ["transform", str(tmp_path / "ad"), str(tmp_path / "in"), str(tmp_path / "out"), "--dim", "8",
+            "--engine", "ray", "--workers", "2", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 shard(s), 500 rows" in result.output
+    got, ids = read_embeddings(tmp_path / "out" / "part-001.parquet")
+    assert ids == parts[1][1]
+    np.testing.assert_allclose(got, adaptor.transform(parts[1][0], 8), atol=1e-6)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "wrote 0 shard(s), 0 rows" in again.output and "2 already complete" in again.output
+    bad = CliRunner().invoke(app, args[:4] + ["--engine", "spark"])
+    assert bad.exit_code == 2 and "--engine must be 'local' or 'ray'" in bad.output
