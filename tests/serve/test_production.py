@@ -289,36 +289,59 @@ def test_cli_defaults_are_the_server_limits():
 
 
 # ---------------------------------------------------------------- 8. memory
-def _rss_mb() -> float:
+# Run in a fresh interpreter per variant: the RSS of the test process depends on every test run
+# before it (pages kept by earlier tests are reused), which made an in-process comparison flaky.
+_MEMORY_PROBE = """
+import sys
+import numpy as np
+import httpx
+from matryoshka_adaptor.serve.app import create_app
+from matryoshka_adaptor.serve.server import BackgroundServer
+
+D = 8
+survivors = []
+
+
+def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
+def model(texts):
+    # Like a forward pass: ~100 MB of sub-mmap-threshold temporaries, sized by the batch, each
+    # followed by a small allocation that outlives the call and pins the heap around the hole.
+    temporaries = []
+    for _ in range(1000):
+        temporaries.append(np.ones((len(texts), 3000), np.float32))
+        survivors.append(bytearray(200))
+    return np.full((len(texts), D), D**-0.5, np.float32)
+
+
+app = create_app(model, model_name="m", native_dim=D, trim_memory=sys.argv[1] == "trim")
+with BackgroundServer(app) as url:
+    def post(body):
+        r = httpx.post(f"{url}/embeddings", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+
+    post({"model": "m", "input": "warm up"})
+    before = rss_mb()
+    for i in range(6):
+        post({"model": "m", "input": [f"t{j}" for j in range(8 + i)]})
+    print(rss_mb() - before)
+"""
+
+
+def _rss_growth_mb(trim_memory: bool) -> float:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "trim" if trim_memory else "keep"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc and trims glibc's heap")
 def test_memory_a_model_call_frees_goes_back_to_the_os():
-    survivors = []
-
-    def model(texts):
-        # Like a forward pass: ~100 MB of sub-mmap-threshold temporaries, sized by the batch, each
-        # followed by a small allocation that outlives the call and pins the heap around the hole.
-        temporaries = []
-        for _ in range(1000):
-            temporaries.append(np.ones((len(texts), 3000), np.float32))
-            survivors.append(bytearray(200))
-        return np.full((len(texts), D), D**-0.5, np.float32)
-
-    def growth(trim_memory: bool) -> float:
-        app = create_app(model, model_name="m", native_dim=D, trim_memory=trim_memory)
-        with BackgroundServer(app) as url:
-            post(url, {"model": "m", "input": "warm up"})
-            before = _rss_mb()
-            for i in range(6):
-                r = post(url, {"model": "m", "input": [f"t{j}" for j in range(8 + i)]}, timeout=60)
-                assert r.status_code == 200
-            return _rss_mb() - before
-
-    # The trimming server first: the untrimmed one's kept pages would otherwise be reused by it.
-    # Compared with each other, not with a fixed number: the rest of the process adds its own noise.
-    trimmed, kept = growth(True), growth(False)
+    trimmed, kept = _rss_growth_mb(True), _rss_growth_mb(False)
     assert kept - trimmed > 30, f"RSS grew {trimmed:.0f} MB with trimming and {kept:.0f} MB without"
     assert trimmed < kept / 3
