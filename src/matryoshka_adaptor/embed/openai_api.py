@@ -105,7 +105,8 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_message(response) -> str:
+def error_message(response) -> str:
+    """The error text of an HTTP error response (OpenAI's ``{"error": {"message"}}`` shape or the raw body), at most 500 characters."""
     try:
         body = response.json()
         err = body.get("error", body) if isinstance(body, dict) else body
@@ -250,7 +251,7 @@ class OpenAICompatibleSource:
                 if response.status_code == 200:
                     return self._parse(response, len(texts), self.dimensions or expected_dim)
                 status = response.status_code
-                message = f"{url} returned HTTP {status}: {self._redact(_error_message(response))}"
+                message = f"{url} returned HTTP {status}: {self._redact(error_message(response))}"
                 if status not in RETRY_STATUSES and status < 500:
                     raise UpstreamError(status, message + self._status_hint(status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -14,7 +14,7 @@ import random
 
 import numpy as np
 
-from ..embed.openai_api import approx_tokens, parse_retry_after
+from ..embed.openai_api import approx_tokens, error_message, parse_retry_after
 from .api_error import ApiError, public_url, redact_urls
 
 log = logging.getLogger("matryoshka_adaptor.serve")
@@ -122,7 +122,7 @@ class UpstreamBackend:
                 if response.status_code == 200:
                     return self._parse(response, len(texts))
                 last_status = response.status_code
-                message = self._redact(_upstream_message(response))
+                message = self._redact(error_message(response))
                 log.warning("upstream %s answered HTTP %d: %s", self.public_url, last_status, message)
                 if last_status in (401, 403):
                     raise ApiError(last_status, f"the upstream embedding API refused this server's credentials "
@@ -165,16 +165,6 @@ class UpstreamBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _upstream_message(response) -> str:
-    try:
-        body = response.json()
-        err = body.get("error", body) if isinstance(body, dict) else body
-        msg = err.get("message") if isinstance(err, dict) else None
-        return str(msg or err)[:500]
-    except ValueError:
-        return response.text[:500]
 
 
 def quiet_tokenizers() -> None:
