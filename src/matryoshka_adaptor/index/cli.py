@@ -14,11 +14,6 @@ app = typer.Typer(help="Funnel index in LanceDB: quantised adaptor prefix first,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
-
-
 def _ids_file(path: Optional[Path], key: str) -> Optional[list[str]]:
     if path is None:
         return None
@@ -81,27 +76,24 @@ def build(
 
     from .funnel import FunnelIndex
 
-    try:
-        names = [p for p in (payload or "").split(",") if p]
-        pay_types = {name: pa.string() for name in names}
-        if store_text:
-            pay_types["text"] = pa.string()
-        calibration = None
-        if precision == "int8":
-            calibration = _calibration(vectors, texts, column, model, calibration_rows)
-        from ..estimator import MatryoshkaAdaptor
+    names = [p for p in (payload or "").split(",") if p]
+    pay_types = {name: pa.string() for name in names}
+    if store_text:
+        pay_types["text"] = pa.string()
+    calibration = None
+    if precision == "int8":
+        calibration = _calibration(vectors, texts, column, model, calibration_rows)
+    from ..estimator import MatryoshkaAdaptor
 
-        est = MatryoshkaAdaptor.load(adaptor) if adaptor else None
-        input_dim = None if est else _input_dim(vectors, texts, column, model)
-        if vectors is not None and names:
-            pay_types = _parquet_types(vectors, names) | ({"text": pa.string()} if store_text else {})
-        index = FunnelIndex.create(path, adaptor=est, dim=dim, precision=precision, rescore_with=rescore_with,
-                                   calibration=calibration, input_dim=input_dim, table=table, embedding_model=model,
-                                   payload=pay_types)
-        n, batches = _batches(vectors, texts, ids, column, payload, store_text, model, batch_rows, index)
-        res = index.add(batches, total=n, progress=not quiet)
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+    est = MatryoshkaAdaptor.load(adaptor) if adaptor else None
+    input_dim = None if est else _input_dim(vectors, texts, column, model)
+    if vectors is not None and names:
+        pay_types = _parquet_types(vectors, names) | ({"text": pa.string()} if store_text else {})
+    index = FunnelIndex.create(path, adaptor=est, dim=dim, precision=precision, rescore_with=rescore_with,
+                               calibration=calibration, input_dim=input_dim, table=table, embedding_model=model,
+                               payload=pay_types)
+    n, batches = _batches(vectors, texts, ids, column, payload, store_text, model, batch_rows, index)
+    res = index.add(batches, total=n, progress=not quiet)
     typer.echo(f"built {path} table {table!r}: {res.added} rows, version {res.version}")
 
 
@@ -174,12 +166,9 @@ def add(
     """
     from .funnel import FunnelIndex
 
-    try:
-        index = FunnelIndex.open(path, adaptor=adaptor, table=table)
-        n, batches = _batches(vectors, texts, ids, column, payload, store_text, model, batch_rows, index)
-        res = index.add(batches, total=n, progress=not quiet)
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+    index = FunnelIndex.open(path, adaptor=adaptor, table=table)
+    n, batches = _batches(vectors, texts, ids, column, payload, store_text, model, batch_rows, index)
+    res = index.add(batches, total=n, progress=not quiet)
     typer.echo(f"added {res.added} rows ({res.skipped} already present), version {res.version}")
 
 
@@ -200,24 +189,21 @@ def search(
     """
     from .funnel import FunnelIndex
 
-    try:
-        index = FunnelIndex.open(path, adaptor=adaptor, table=table)
-        if (not query) == (queries is None):
-            raise InputError("give --query TEXT (repeatable) or --queries FILE.")
-        if query:
-            source = None
-            if model:
-                from ..embed.sources import make_source
+    index = FunnelIndex.open(path, adaptor=adaptor, table=table)
+    if (not query) == (queries is None):
+        raise InputError("give --query TEXT (repeatable) or --queries FILE.")
+    if query:
+        source = None
+        if model:
+            from ..embed.sources import make_source
 
-                source = make_source("sentence-transformers", model)
-            res, labels = index.search(list(query), k=k, shortlist=shortlist, source=source), list(query)
-        else:
-            from ..formats import read_embeddings
+            source = make_source("sentence-transformers", model)
+        res, labels = index.search(list(query), k=k, shortlist=shortlist, source=source), list(query)
+    else:
+        from ..formats import read_embeddings
 
-            x, qids = read_embeddings(queries)
-            res, labels = index.search(x, k=k, shortlist=shortlist), qids or list(range(len(x)))
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+        x, qids = read_embeddings(queries)
+        res, labels = index.search(x, k=k, shortlist=shortlist), qids or list(range(len(x)))
     for label, ids, scores in zip(labels, res.ids, res.scores):
         typer.echo(json.dumps({"query": label, "ids": ids, "scores": [round(float(s), 6) for s in scores]}))
 
@@ -230,8 +216,5 @@ def info(
     """What a funnel table holds (rows, version, prefix dim and precision, adaptor fingerprint) as JSON."""
     from .funnel import read_info
 
-    try:
-        out = read_info(path, table)
-    except (InputError, ImportError) as exc:
-        _fail(exc)
+    out = read_info(path, table)
     typer.echo(json.dumps(out, indent=2))
