@@ -1,10 +1,11 @@
 """Where a default fit's time goes on high-dimensional (API-sized) vectors, phase by phase.
 
-    python benchmarks/high_dim.py --n 50000 --d 3072 --steps 10 --out results/high_dim
+    python benchmarks/high_dim.py --n 50000 --d 3072 --steps 10 --full-fit --out results/high_dim
 
-Builds a synthetic corpus (clustered unit vectors, as in speed.py), then runs the phases of
-``MatryoshkaAdaptor.fit`` one by one with the same functions the estimator calls, timing each:
-sampling + normalising, the uncentred PCA (SVD), neighbour mining, and ``--steps`` training steps
+Builds a synthetic corpus (clustered unit vectors, as in speed.py), then (``--full-fit``) times one
+default fit end to end, and runs the phases of ``MatryoshkaAdaptor.fit`` one by one with the same
+functions the estimator calls, timing each: sampling + normalising, the uncentred PCA, rotating the
+rows by it, neighbour mining, and ``--steps`` training steps
 of each architecture variant (learned Cayley rotation or fixed PCA rotation; hidden width), plus one
 held-out validation pass. A full fit's time is extrapolated as
 prepare + mine + steps_default x ms/step + validations x val time; the numbers are per phase so
@@ -27,6 +28,7 @@ from matryoshka_adaptor import MatryoshkaAdaptor
 from matryoshka_adaptor.config import DEFAULTS, default_dims
 from matryoshka_adaptor.pca import pca_rotation
 from matryoshka_adaptor.eval.benchmark import machine_description
+from matryoshka_adaptor.fitting import rotate_rows
 from matryoshka_adaptor.neighbors import mine_neighbors
 from matryoshka_adaptor.nn.module import AdaptorNet
 from matryoshka_adaptor.nn.training import LOSS_TERMS, Trainer, TrainingData, stage_weights, weighted_sum
@@ -48,9 +50,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--d", type=int, default=3072)
     ap.add_argument("--steps", type=int, default=10, help="training steps timed per variant")
-    ap.add_argument("--variants", default="rot:3072,rot512:768,fixed:768",
-                    help="comma list of rotation:hidden; rotation = rot (learned Cayley, all d), rot<r> (learned in "
-                         "the leading r PCA coordinates) or fixed (PCA)")
+    ap.add_argument("--variants", default="rot512:512:512,rot512:768,fixed:768",
+                    help="comma list of rotation:hidden[:residual]; rotation = rot (learned Cayley, all d), rot<r> "
+                         "(learned in the leading r PCA coordinates) or fixed (PCA); residual = the leading "
+                         "coordinates the MLP acts on (default all)")
     ap.add_argument("--full-fit", action="store_true", help="also time one default fit end to end (fit_summary kept)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -76,19 +79,25 @@ def main() -> None:
     rotation, t = timed(lambda: pca_rotation(sample, np.random.default_rng(0)))
     res["phases"]["pca_s"] = round(t, 2)
     print(res["phases"], flush=True)
-    nb, t = timed(lambda: mine_neighbors(sample, sample, 10, exclude=np.arange(len(sample)), method="auto",
-                                         seed=0, device="cpu"))
+    # As the fit does: rows rotated once by the PCA start, neighbours mined on the rotated rows.
+    rotated, t = timed(lambda: rotate_rows(sample, rotation))
+    res["phases"]["rotate_s"] = round(t, 2)
+    nb, t = timed(lambda: mine_neighbors(rotated, rotated, 10, exclude=np.arange(len(sample)), method="auto",
+                                         seed=0, device="cpu", pca_ordered=True))
     res["phases"]["mine_s"] = round(t, 2)
     res["phases"]["mine_method"] = nb.method
     res["phases"]["mine_recall"] = nb.recall_at_k
     print(res["phases"], flush=True)
     dims = default_dims(args.d)
     for spec in [v for v in args.variants.split(",") if v]:
-        kind, hidden = spec.split(":")  # rot (all d learned), rot<r> (leading r learned) or fixed
+        kind, hidden, *residual = spec.split(":")  # rot (all d learned), rot<r> (leading r learned) or fixed
         torch.manual_seed(0)
+        fixed_start = kind != "rot"  # the net keeps a fixed rotation: its rows are rotated once, as in a fit
         net = AdaptorNet(args.d, int(hidden), 2, torch.from_numpy(rotation), learn_rotation=kind.startswith("rot"),
-                         rotation_dims=int(kind[3:]) if kind.startswith("rot") and kind[3:] else None)
-        data = TrainingData(sample, sample, nb.indices, nb.scores, len(sample))
+                         rotation_dims=int(kind[3:]) if kind.startswith("rot") and kind[3:] else None,
+                         residual_dims=int(residual[0]) if residual else None, prerotated=fixed_start)
+        rows = rotated if fixed_start else sample
+        data = TrainingData(rows, rows, nb.indices, nb.scores, len(sample))
         trainer = Trainer(net, dims, config, data, device="cpu")
         # steps=0 sets the trainer up and runs one validation pass (timed); then the optimisation
         # step itself (as Trainer.fit_unsupervised runs it) is timed after one warm-up step.

@@ -237,12 +237,12 @@ def test_binary_weight_adds_the_quantisation_aware_term_and_round_trips(corpus, 
     assert MatryoshkaAdaptor.load(tmp_path / "q").get_params()["binary_weight"] == 1.0
 
 
-def test_large_inputs_get_gram_pca_narrow_hidden_and_a_rotation_learned_in_leading_dims():
+def test_large_inputs_get_gram_pca_and_a_rotation_and_residual_learned_in_leading_dims():
     from matryoshka_adaptor.config import large_input_architecture
     from matryoshka_adaptor.pca import pca_rotation
 
-    assert large_input_architecture(384, (16, 32, 64, 128, 256, 384)) == (384, None)  # unchanged up to 1,024
-    assert large_input_architecture(3072, (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)) == (768, 512)
+    assert large_input_architecture(384, (16, 32, 64, 128, 256, 384)) == (384, None, None)  # unchanged up to 1,024
+    assert large_input_architecture(3072, (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)) == (512, 512, 512)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1300, 1100)).astype(np.float32) * np.linspace(3, 0.1, 1100, dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -250,10 +250,15 @@ def test_large_inputs_get_gram_pca_narrow_hidden_and_a_rotation_learned_in_leadi
     np.testing.assert_allclose(basis.T @ basis, np.eye(1100), atol=1e-4)
     _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
     assert np.abs(np.sum(basis[:, :5] * vt[:5].T, axis=0)).min() > 0.99  # same leading directions (up to sign)
-    est = MatryoshkaAdaptor(dims=(64, 256, 1100), steps=2, progress=False, device="cpu").fit(x)
-    assert est.hidden_dim_ == 275
+    est = MatryoshkaAdaptor(dims=(64, 256, 1100), steps=3, progress=False, device="cpu").fit(x)
+    assert est.hidden_dim_ == 256  # the largest trained dim <= d/4 = 275
+    assert est.fit_summary_["architecture"] == {"hidden_dim": 256, "rotation_dims": 256, "residual_dims": 256}
     r = est.weights_["rotation"]
     np.testing.assert_allclose(r.T @ r, np.eye(1100), atol=1e-4)
+    # The residual acts in the leading 256 coordinates only: saved zero-padded, the rest is the rotation's.
+    w0, w_last, b_last = est.weights_["layers.0.weight"], est.weights_["layers.1.weight"], est.weights_["layers.1.bias"]
+    assert w0.shape == (256, 1100) and not w0[:, 256:].any() and not w_last[256:].any() and not b_last[256:].any()
+    assert np.abs(w_last[:256]).max() > 0  # trained
     np.testing.assert_allclose(est.transform(x[:50], 64), est.transform(x[:50], 64, backend="torch"), atol=1e-5)
 
 

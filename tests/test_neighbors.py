@@ -102,3 +102,38 @@ def test_fit_with_whole_corpus_neighbours_trains_on_sample_plus_neighbour_rows()
     assert 100 < est.fit_summary_["n_fit_vectors"] <= 100 + 100 * 10
     with pytest.raises(Exception, match="neighbors_from must be"):
         MatryoshkaAdaptor(max_fit_vectors=100, neighbors_from="all", progress=False).fit(x)
+
+
+def _pca_ordered(n, d, seed=0):
+    """Unit vectors whose coordinate energy decays like a PCA-rotated embedding's."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32) * np.geomspace(1, 0.02, d, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_prefix_rerank_finds_the_exact_neighbours_of_pca_ordered_vectors_and_measures_recall():
+    from matryoshka_adaptor.neighbors import prefix_rerank_topk
+
+    x = _pca_ordered(600, 96)
+    res = prefix_rerank_topk(x, x, 5, prefix_dims=24, exclude=np.arange(600), check_rows=600)
+    idx, sc = brute(x, x, 5, exclude=np.arange(600))
+    agree = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(res.indices, idx)])
+    assert res.recall_at_k == pytest.approx(agree)  # measured against exact search on every row here
+    assert agree > 0.95
+    same = (res.indices == idx).all(1)  # where the candidates held the true top-5, scores and order are exact
+    np.testing.assert_allclose(res.scores[same], sc[same], atol=1e-5)
+    assert not (res.indices == np.arange(600)[:, None]).any()
+    assert res.method == "exact-prefix24-rerank"
+    # A prefix of one coordinate cannot find them: the recall says so.
+    assert prefix_rerank_topk(x, x, 5, prefix_dims=1, candidates=5, exclude=np.arange(600)).recall_at_k < 0.5
+
+
+def test_auto_mining_uses_the_prefix_search_only_for_pca_ordered_vectors_above_the_exact_budget(monkeypatch):
+    import matryoshka_adaptor.neighbors as nbm
+
+    x = _pca_ordered(300, 64)
+    calls = []
+    monkeypatch.setattr(nbm, "prefix_rerank_topk", lambda *a, **k: calls.append(1) or "prefix")
+    assert mine_neighbors(x, x, 3, device="cpu", pca_ordered=True).method == "exact"  # 5.8e6 multiply-adds
+    big = np.lib.stride_tricks.as_strided(x, shape=(300_000, 64), strides=(0, 4))  # 5.8e12, never read
+    assert mine_neighbors(big, big, 3, device="cpu", pca_ordered=True) == "prefix" and calls == [1]

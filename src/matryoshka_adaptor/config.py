@@ -176,8 +176,8 @@ class AdaptorConfig:
                                          optional=True)
     recipe: str = param("default", Options(RECIPE_NAMES), "Named recipe the other values came from (a record).")
     hidden_dim: int | None = param(None, Interval(int, 1),
-                                   "MLP width (None: the input dim; d/4 above 1,024 input dims, "
-                                   "see large_input_architecture).", optional=True)
+                                   "MLP width (None: the width of its input, residual_dims; see "
+                                   "large_input_architecture).", optional=True)
     depth: int = param(2, Interval(int, 1), "Linear layers of the residual MLP (1: a single linear layer).")
     init: str = param("pca", Options(INITS), "Start: 'pca' (uncentred PCA rotation of the corpus) or 'identity'.")
     learn_rotation: bool = param(True, Boolean(),
@@ -186,6 +186,10 @@ class AdaptorConfig:
                                       "With learn_rotation, learn the rotation only in the leading this-many PCA "
                                       "coordinates (None: all up to 1,024 input dims; above, the largest trained "
                                       "dim <= d/4, see large_input_architecture).", optional=True)
+    residual_dims: int | None = param(None, Interval(int, 1),
+                                      "The residual MLP reads and writes only the leading this-many rotated "
+                                      "coordinates, the others pass through (None: all up to 1,024 input dims; "
+                                      "above, the same block as rotation_dims).", optional=True)
     # Unsupervised losses (stage 1, and stage 2 next to the ranking loss)
     k: int = param(10, Interval(int, 1), "Neighbours per anchor, mined on the original full-dim vectors.")
     topk_weight: float = param(0.0, Interval(float, 0), "Weight of the paper's top-k similarity loss.")
@@ -339,21 +343,24 @@ def default_dims(input_dim: int) -> tuple[int, ...]:
 
 # Inputs wider than this use the large-input choices (768- and 1,024-dim models keep the defaults
 # the quality results in docs/results.md were measured with): the PCA start from the d x d Gram
-# matrix (pca.pca_rotation), a d/4 hidden width and a rotation learned in the leading PCA dims.
+# matrix (pca.pca_rotation), the rotation and residual MLP learned in the leading PCA dims only, and
+# neighbours mined on the leading PCA coordinates then re-ranked exactly (neighbors.prefix_rerank_topk).
 # Measured in docs/performance.md ("High-dimensional inputs").
 LARGE_INPUT_DIM = 1024
 
 
-def large_input_architecture(d: int, dims: tuple[int, ...]) -> tuple[int, int | None]:
-    """(hidden width, learned rotation dims) for input dim ``d``: (d, None = all) up to ``LARGE_INPUT_DIM``.
+def large_input_architecture(d: int, dims: tuple[int, ...]) -> tuple[int, int | None, int | None]:
+    """(hidden width, learned rotation dims, residual dims) for input dim ``d``.
 
-    Above it: hidden width d/4, and the rotation learned in the leading ``r`` PCA coordinates, r the
-    largest trained dim up to d/4 (3,072 with the default dims: hidden 768, r = 512), so each step
-    solves an r x r Cayley system instead of a d x d one. Explicit ``hidden_dim`` / ``rotation_dims``
-    take precedence.
+    Up to ``LARGE_INPUT_DIM``: (d, None, None), everything over all d coordinates. Above it, the
+    rotation is learned and the residual MLP acts only in the leading ``r`` PCA coordinates, r the
+    largest trained dim up to d/4, with hidden width r (3,072 with the default dims: r = 512), so a
+    step costs what a 512-dim fit costs; the other coordinates keep their PCA values. Explicit
+    ``hidden_dim`` / ``rotation_dims`` / ``residual_dims`` take precedence.
     """
     if d <= LARGE_INPUT_DIM:
-        return d, None
+        return d, None, None
     quarter = d // 4
     small = [m for m in dims if m <= quarter]
-    return quarter, (max(small) if small else quarter)
+    r = max(small) if small else quarter
+    return r, r, r

@@ -5,6 +5,7 @@ assemble the training data, train. ``MatryoshkaAdaptor.fit`` resolves its config
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -143,6 +144,16 @@ def assemble_training_data(inputs: FitInputs, rows: np.ndarray, queries: np.ndar
                         hard_negatives=nb.hard_negatives)
 
 
+def rotate_rows(x: np.ndarray | None, rotation: np.ndarray, *, chunk_rows: int = SAMPLE_CHUNK_ROWS) -> np.ndarray | None:
+    """``x @ rotation`` in float32, ``chunk_rows`` rows at a time (None stays None)."""
+    if x is None:
+        return None
+    out = np.empty((len(x), rotation.shape[1]), dtype=np.float32)
+    for s in range(0, len(x), chunk_rows):
+        np.matmul(x[s : s + chunk_rows], rotation, out=out[s : s + chunk_rows])
+    return out
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -174,21 +185,34 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
 
     device = resolve_device(config.device)
+    auto_hidden, auto_rotation_dims, auto_residual_dims = large_input_architecture(d, inputs.dims)
+    rotation_dims = config.rotation_dims or auto_rotation_dims
+    residual_dims = config.residual_dims or auto_residual_dims
+    hidden = config.hidden_dim or (config.residual_dims or auto_hidden)
+    # A fixed part of the rotation (not learned, or learned only in a leading block) is applied to
+    # the training rows once here instead of at every step; cosines do not change, so mining may
+    # run on the rotated rows, whose leading PCA coordinates make a cheap first pass.
+    fixed_start = rotation is not None and (not config.learn_rotation or (rotation_dims or d) < d)
     # A sampled corpus with neighbors_from="corpus": the sample's neighbours come from every row.
     whole_corpus = inputs.corpus if config.neighbors_from == "corpus" and len(rows) < n else None
+    rotate_first = fixed_start and whole_corpus is None
+    if rotate_first:
+        sample, queries = rotate_rows(sample, rotation), rotate_rows(queries, rotation)
     nb = mine_training_neighbors(
         sample, queries, min(config.k, len(sample) - 1), use_queries=config.use_queries,
         hard_negatives=config.hard_negatives if inputs.supervised else 0, method=config.neighbor_search,
         progress=config.progress, seed=config.seed, device=device, whole_corpus=whole_corpus,
-        sample_rows=rows)
+        sample_rows=rows, pca_ordered=rotate_first)
     data = assemble_training_data(inputs, rows, queries, nb)
+    if fixed_start and not rotate_first:
+        data = dataclasses.replace(data, corpus=rotate_rows(data.corpus, rotation),
+                                   anchors=rotate_rows(data.anchors, rotation),
+                                   queries=rotate_rows(data.queries, rotation))
     mining_seconds = time.perf_counter() - started
 
-    auto_hidden, auto_rotation_dims = large_input_architecture(d, inputs.dims)  # (d, None) up to 1,024 dims
-    hidden = config.hidden_dim or auto_hidden
     net = AdaptorNet(d, hidden, config.depth, None if rotation is None else torch.from_numpy(rotation),
-                     learn_rotation=config.learn_rotation,
-                     rotation_dims=config.rotation_dims or auto_rotation_dims)
+                     learn_rotation=config.learn_rotation, rotation_dims=rotation_dims,
+                     residual_dims=residual_dims, prerotated=fixed_start)
     trainer = Trainer(net, inputs.dims, config, data, device=device)
     stage1 = trainer.fit_unsupervised()
     history = {"unsupervised": stage1.history}
@@ -209,6 +233,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         "n_corpus": n,
         "n_fit_vectors": len(nb.corpus),  # the sample plus any neighbour rows from the whole corpus
         "n_queries": 0 if inputs.queries is None else len(inputs.queries),
+        "architecture": {"hidden_dim": hidden, "rotation_dims": rotation_dims or d, "residual_dims": residual_dims or d},
         "neighbor_search": nb.method,
         "neighbor_recall": nb.recall_at_k,
         "mining_seconds": round(mining_seconds, 3),

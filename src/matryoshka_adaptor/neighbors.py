@@ -177,6 +177,60 @@ def faiss_topk(
     return NeighborResult(indices.astype(np.int64), scores.astype(np.float32), "faiss-hnsw", recall)
 
 
+# Prefix search of PCA-ordered vectors: candidates per wanted neighbour from the leading
+# coordinates, re-ranked exactly (recall measured on a sample and reported).
+PREFIX_SEARCH_DIMS = 256
+PREFIX_CANDIDATES_PER_NEIGHBOUR = 10
+
+
+def prefix_rerank_topk(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    prefix_dims: int = PREFIX_SEARCH_DIMS,
+    candidates: int | None = None,
+    exclude: np.ndarray | None = None,
+    device: str = "cpu",
+    block_rows: int = 256,
+    check_rows: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> NeighborResult:
+    """Top-k of PCA-ordered unit vectors: exact top-``candidates`` on the leading ``prefix_dims``
+    coordinates, re-ranked by the full inner product. ``recall_at_k`` is measured against full exact
+    search on ``check_rows`` random queries.
+
+    The leading PCA coordinates carry most of each vector's energy, so the prefix finds the true
+    neighbours among a few times k candidates at ``prefix_dims / d`` of the cost of exact search.
+    """
+    import torch
+
+    nq, nc = queries.shape[0], corpus.shape[0]
+    k_eff = _neighbours_available(k, nc, exclude)
+    p = min(prefix_dims, corpus.shape[1])
+    n_cand = min(candidates or PREFIX_CANDIDATES_PER_NEIGHBOUR * k_eff, nc - (1 if exclude is not None else 0))
+    short = torch_topk(np.ascontiguousarray(queries[:, :p]), np.ascontiguousarray(corpus[:, :p]), n_cand,
+                       exclude=exclude, device=device, progress=progress, desc="mining neighbours (prefix)")
+    c = torch.as_tensor(np.ascontiguousarray(corpus, dtype=np.float32), device=device)
+    out_i = np.empty((nq, k_eff), dtype=np.int64)
+    out_s = np.empty((nq, k_eff), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, nq, block_rows):
+            e = min(s + block_rows, nq)
+            q = torch.as_tensor(np.ascontiguousarray(queries[s:e], dtype=np.float32), device=device)
+            cand = torch.as_tensor(short.indices[s:e], device=device)
+            sc = torch.einsum("bd,bcd->bc", q, c[cand])
+            top = sc.topk(k_eff, dim=1)  # sorted, best first
+            out_s[s:e] = top.values.cpu().numpy()
+            out_i[s:e] = cand.gather(1, top.indices).cpu().numpy()
+    rows = np.sort(np.random.default_rng(seed).choice(nq, size=min(check_rows, nq), replace=False))
+    truth = torch_topk(queries[rows], corpus, k_eff, exclude=None if exclude is None else exclude[rows],
+                       device=device).indices
+    recall = float(np.mean([len(set(a) & set(b)) / k_eff for a, b in zip(truth, out_i[rows])]))
+    return NeighborResult(out_i, out_s, f"exact-prefix{p}-rerank", recall)
+
+
 def mine_neighbors(
     anchors: np.ndarray,
     corpus: np.ndarray,
@@ -187,19 +241,24 @@ def mine_neighbors(
     progress: bool = False,
     seed: int = 0,
     device: str | None = None,
+    pca_ordered: bool = False,
 ) -> NeighborResult:
     """Neighbours of ``anchors`` in ``corpus`` by cosine.
 
     'exact' runs blockwise with torch on ``device`` when given (the fit's device), else numpy.
     'auto' is exact up to 4e12 multiply-adds (a 50,000-row fit sample of 1,536-dim vectors, where
     exact search was still faster than building an HNSW index: docs/ablations.md, "Engineering
-    choices"), and faiss beyond, when installed.
+    choices"); beyond, :func:`prefix_rerank_topk` when the vectors are ``pca_ordered`` (the fit
+    rotated them by its PCA start), else faiss when installed.
     """
     if method not in ("auto", "exact", "faiss"):
         raise ValueError(f"neighbor search must be 'auto', 'exact' or 'faiss'; got {method!r}")
     if method == "auto":
         work = float(anchors.shape[0]) * corpus.shape[0] * corpus.shape[1]
         method = "exact"
+        if work > 4e12 and pca_ordered:
+            return prefix_rerank_topk(anchors, corpus, k, exclude=exclude, device=device or "cpu", seed=seed,
+                                      progress=progress)
         if work > 4e12:
             try:
                 import faiss  # noqa: F401
@@ -410,6 +469,7 @@ def mine_training_neighbors(
     device: str | None = None,
     whole_corpus: np.ndarray | None = None,
     sample_rows: np.ndarray | None = None,
+    pca_ordered: bool = False,
 ) -> TrainingNeighbors:
     """Every neighbour search of a fit: the corpus sample's own top-k, the queries' top-k (when
     ``use_queries``) and each query's top ``hard_negatives`` rows (when > 0).
@@ -418,6 +478,7 @@ def mine_training_neighbors(
     corpus) and ``sample_rows`` (the sample's row numbers in it), the sample's and queries'
     neighbours are searched in every corpus row (:func:`neighbors_in_corpus`) and the rows found
     outside the sample are appended to the training rows (``TrainingNeighbors.corpus``).
+    ``pca_ordered``: the sample and queries are PCA-rotated (see :func:`mine_neighbors`).
     """
     opts = dict(method=method, progress=progress, seed=seed, device=device)
     with_queries = queries is not None and use_queries
@@ -428,6 +489,7 @@ def mine_training_neighbors(
                                              queries=queries if with_queries else None, **opts)
     else:
         table = sample
+        opts["pca_ordered"] = pca_ordered
         nb = mine_neighbors(sample, sample, k, exclude=np.arange(len(sample)), **opts)
         qnb = mine_neighbors(queries, sample, k, **opts) if with_queries else None
     anchors, idx, sims = sample, nb.indices, nb.scores

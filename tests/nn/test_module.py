@@ -68,3 +68,37 @@ def test_cayley_rotation_gradient_matches_finite_differences():
         rot.skew.normal_(0, 0.3)
     q = rot.matrix().detach()
     assert torch.allclose(q.T @ q, torch.eye(5), atol=1e-5)
+
+
+def test_residual_in_a_leading_block_leaves_the_rest_and_exports_as_a_full_padded_net():
+    torch.manual_seed(0)
+    start = torch.linalg.qr(torch.randn(20, 20))[0]
+    for depth in (1, 2):
+        net = AdaptorNet(20, 7, depth, rotation=start, learn_rotation=True, rotation_dims=5, residual_dims=8)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+        x = torch.nn.functional.normalize(torch.randn(12, 20), dim=-1)
+        adapted, z = net(x)
+        assert torch.equal(adapted[:, 8:], z[:, 8:])  # coordinates past the block pass through
+        assert not torch.allclose(adapted[:, :8], z[:, :8])
+        w = net.export_weights()
+        assert w["layers.0.weight"].shape[1] == 20 and w[f"layers.{depth - 1}.weight"].shape[0] == 20
+        full = AdaptorNet(20, 7, depth, rotation=w["rotation"])  # what a saved adaptor loads into
+        full.load_state_dict(w)
+        assert torch.allclose(full(x)[0], adapted, atol=1e-5)
+
+
+def test_prerotated_inputs_give_the_same_adaptor_as_rotating_inside():
+    torch.manual_seed(0)
+    start = torch.linalg.qr(torch.randn(16, 16))[0]
+    inside = AdaptorNet(16, 6, rotation=start, learn_rotation=True, rotation_dims=4, residual_dims=8)
+    with torch.no_grad():
+        for p in inside.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    once = AdaptorNet(16, 6, rotation=start, learn_rotation=True, rotation_dims=4, residual_dims=8, prerotated=True)
+    once.load_state_dict(inside.state_dict())
+    x = torch.nn.functional.normalize(torch.randn(9, 16), dim=-1)
+    assert torch.allclose(once(x @ start)[0], inside(x)[0], atol=1e-5)
+    for name, value in inside.export_weights().items():  # the saved rotation still includes the start
+        assert torch.allclose(once.export_weights()[name], value, atol=1e-6)

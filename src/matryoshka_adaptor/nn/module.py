@@ -72,6 +72,13 @@ class AdaptorNet(nn.Module):
     rotation_dims : int, optional
         With ``learn_rotation``, learn the rotation only in the leading this-many coordinates after
         the fixed start (None: all of them).
+    residual_dims : int, optional
+        The MLP reads and writes only the leading this-many rotated coordinates; the others pass
+        through unchanged (None: all of them). Exported zero-padded to d x hidden / hidden x d, so
+        saved adaptors and the numpy path do not change.
+    prerotated : bool, default False
+        The inputs are already multiplied by the fixed ``rotation`` (a fit rotates its training rows
+        once instead of at every step); the exported rotation still includes it.
 
     Attributes
     ----------
@@ -85,7 +92,8 @@ class AdaptorNet(nn.Module):
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, depth: int = 2, rotation: torch.Tensor | None = None,
-                 learn_rotation: bool = False, rotation_dims: int | None = None):
+                 learn_rotation: bool = False, rotation_dims: int | None = None,
+                 residual_dims: int | None = None, prerotated: bool = False):
         super().__init__()
         if depth < 1:
             raise ValueError("depth must be >= 1 (1 = a single linear residual layer)")
@@ -118,7 +126,10 @@ class AdaptorNet(nn.Module):
             self.register_buffer(ROTATION, rotation.to(torch.float32).contiguous())
         else:
             self.rotation = None
-        sizes = [input_dim] + [hidden_dim] * (depth - 1) + [input_dim]
+        self.residual_dims = input_dim if residual_dims is None else max(1, min(int(residual_dims), input_dim))
+        self.prerotated = prerotated
+        r = self.residual_dims
+        sizes = [r] + [hidden_dim] * (depth - 1) + [r]
         # The attribute name is the saved weights' prefix (weight_names.LAYERS).
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         nn.init.zeros_(self.layers[-1].weight)
@@ -129,18 +140,22 @@ class AdaptorNet(nn.Module):
         x = torch.nn.functional.normalize(x, dim=-1)
         if self.rot is not None and self.rotation is None:
             return self.rot(x)
-        z = x @ self.rotation if self.rotation is not None else x
+        z = x @ self.rotation if self.rotation is not None and not self.prerotated else x
         if self.rot is not None:
             p = self.rotation_dims
             z = torch.cat([z[:, :p] @ self.rot.matrix(), z[:, p:]], dim=1)
         return z
 
     def residual(self, z: torch.Tensor) -> torch.Tensor:
-        h = z
+        """f(z): the MLP on the leading ``residual_dims`` coordinates, zero on the others."""
+        r = self.residual_dims
+        h = z[:, :r] if r < self.input_dim else z
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
                 h = torch.relu(h)
+        if r < self.input_dim:
+            h = torch.nn.functional.pad(h, (0, self.input_dim - r))
         return h
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +177,15 @@ class AdaptorNet(nn.Module):
             weights[ROTATION] = full.contiguous()
         elif self.rotation is not None:
             weights[ROTATION] = self.rotation.detach().clone()
+        last = len(self.layers) - 1
+        pad = self.input_dim - self.residual_dims  # a partial MLP is saved as a full one with zeros
         for i, layer in enumerate(self.layers):
-            weights[layer_weight(i)] = layer.weight.detach().clone()
-            weights[layer_bias(i)] = layer.bias.detach().clone()
+            w, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+            if pad and i == 0:
+                w = torch.nn.functional.pad(w, (0, pad))
+            if pad and i == last:
+                w, b = torch.nn.functional.pad(w, (0, 0, 0, pad)), torch.nn.functional.pad(b, (0, pad))
+            weights[layer_weight(i)], weights[layer_bias(i)] = w.contiguous(), b
         return weights
 
 
