@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
     ap.add_argument("--datasets", default="scifact,nfcorpus")
-    ap.add_argument("--arms", default="default,rule", help="comma list of default, rule, rule-v1")
+    ap.add_argument("--arms", default="default,rule", help="comma list of default, rule, rule-v1, rule-wide")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on the busy shared 2-core machine a 2-thread LU, the learned rotation's "
                          "Cayley solve, stalled for 100+ ms a step; quality does not depend on it)")
@@ -44,7 +44,8 @@ def main() -> None:
     # trained dim <= d/4 = 64: rotation and residual MLP in the leading 64 PCA coordinates, hidden 64);
     # rule-v1: the earlier rule (hidden d/4 = 96 over all coordinates, rotation in the leading 64).
     arms = {"default": {}, "rule": dict(hidden_dim=64, rotation_dims=64, residual_dims=64),
-            "rule-v1": dict(hidden_dim=96, rotation_dims=64)}
+            "rule-v1": dict(hidden_dim=96, rotation_dims=64),
+            "rule-wide": dict(hidden_dim=128, rotation_dims=64, residual_dims=64)}  # hidden 2r
     arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
     result = {}
     for name in args.datasets.split(","):
