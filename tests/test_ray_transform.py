@@ -1,4 +1,5 @@
-"""`transform --engine ray` on a real local Ray instance started by the test."""
+"""`transform --engine ray` and `index add --engine ray` on a real local Ray instance started by the
+test (and a real LanceDB table for the index)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,63 @@ def test_cli_engine_ray(tmp_path, local_ray, adaptor):
     assert again.exit_code == 0 and "wrote 0 shard(s), 0 rows" in again.output and "2 already complete" in again.output
     bad = CliRunner().invoke(app, args[:4] + ["--engine", "spark"])
     assert bad.exit_code == 2 and "--engine must be 'local' or 'ray'" in bad.output
+
+
+@pytest.mark.parametrize("precision,rescore_with", [("binary", "original"), ("int8", "adapted")])
+def test_index_add_on_ray_equals_local_add_and_resumes(tmp_path, local_ray, adaptor, precision, rescore_with):
+    pytest.importorskip("lancedb")
+    from matryoshka_adaptor.distributed.ray_index import add_parquet_shards_to_index
+    from matryoshka_adaptor.index.funnel import FunnelIndex
+
+    parts = write_shards(tmp_path / "in", [500, 3, 900])
+    x = np.concatenate([p[0] for p in parts])
+    ids = [i for p in parts for i in p[1]]
+    make = dict(adaptor=adaptor, dim=8, precision=precision, rescore_with=rescore_with, calibration=x)
+    local = FunnelIndex.create(tmp_path / "local", **make)
+    local.add([(ids, x)])
+    FunnelIndex.create(tmp_path / "ray", **make)
+    # A first run that stops after its first shard's rows (as a killed run would have committed them).
+    first = add_parquet_shards_to_index(tmp_path / "ray", tmp_path / "in" / "part-000.parquet", adaptor=adaptor,
+                                        num_workers=2, batch_rows=128)
+    assert first.added == 500
+    res = add_parquet_shards_to_index(tmp_path / "ray", tmp_path / "in", adaptor=adaptor, num_workers=2,
+                                      batch_rows=128)
+    assert (res.added, res.skipped) == (903, 500)
+    cols = ["id", "row", "prefix", "full"]
+    got = FunnelIndex.open(tmp_path / "ray", adaptor=adaptor).table.to_arrow().select(cols).sort_by("row")
+    want = local.table.to_arrow().select(cols).sort_by("row")
+    assert got.column("id").to_pylist() == ids  # input order
+    assert got.column("prefix").to_pylist() == want.column("prefix").to_pylist()  # same codes
+    np.testing.assert_allclose(np.array(got.column("full").to_pylist()), np.array(want.column("full").to_pylist()),
+                               atol=1e-6)
+    q = x[:5]
+    assert FunnelIndex.open(tmp_path / "ray", adaptor=adaptor).search(q, k=5).ids == local.search(q, k=5).ids
+
+
+def test_index_add_on_ray_refuses_bad_input_before_work(tmp_path, local_ray, adaptor):
+    pytest.importorskip("lancedb")
+    from typer.testing import CliRunner
+
+    from matryoshka_adaptor.cli import app
+    from matryoshka_adaptor.distributed.ray_index import add_parquet_shards_to_index
+    from matryoshka_adaptor.errors import FunnelIndexError
+    from matryoshka_adaptor.index.funnel import FunnelIndex
+
+    write_shards(tmp_path / "noids", [50], ids=False)
+    write_shards(tmp_path / "in", [60])
+    FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=8)
+    with pytest.raises(InputError, match="no id column 'id'"):
+        add_parquet_shards_to_index(tmp_path / "db", tmp_path / "noids", adaptor=adaptor)
+    other = MatryoshkaAdaptor(dims=(8, D), steps=5, progress=False, device="cpu", seed=1).fit(
+        np.random.default_rng(5).standard_normal((300, D)).astype(np.float32))
+    with pytest.raises(FunnelIndexError, match="was built with adaptor"):
+        add_parquet_shards_to_index(tmp_path / "db", tmp_path / "in", adaptor=other)
+    assert FunnelIndex.open(tmp_path / "db", adaptor=adaptor).table.count_rows() == 0  # nothing written
+    adaptor.save(tmp_path / "ad")
+    ok = CliRunner().invoke(app, ["index", "add", str(tmp_path / "db"), "--vectors", str(tmp_path / "in"),
+                                  "--adaptor", str(tmp_path / "ad"), "--engine", "ray", "-q"])
+    assert ok.exit_code == 0, ok.output
+    assert "added 60 rows (0 already present)" in ok.output
+    bad = CliRunner().invoke(app, ["index", "add", str(tmp_path / "db"), "--vectors", str(tmp_path / "in"),
+                                   "--adaptor", str(tmp_path / "ad"), "--engine", "ray", "--payload", "text"])
+    assert bad.exit_code == 2 and "--texts, --ids and --payload need --engine local" in bad.output

@@ -158,14 +158,34 @@ def add(
     model: Optional[str] = typer.Option(None, help="sentence-transformers model for --texts (default: the table's)."),
     table: str = typer.Option("funnel"),
     batch_rows: int = typer.Option(4096, help="Rows per committed batch."),
+    engine: str = typer.Option("local", help="local (this process) or ray: --vectors is then a folder, glob or "
+                               "file of Parquet shards, encoded on Ray workers and committed here."),
+    id_column: Optional[str] = typer.Option(None, help="--engine ray: the shards' id column (default: id)."),
+    ray_address: Optional[str] = typer.Option(None, help="--engine ray: an existing cluster, e.g. ray://head:10001 "
+                                              "(default: a local Ray instance)."),
+    workers: int = typer.Option(2, help="--engine ray: encoding tasks at once (one CPU each)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Add rows; each batch is one commit, and ids already in the table are skipped (safe to rerun).
 
     Example: matryoshka-adaptor index add db/ --vectors more.parquet --adaptor my-adaptor/
+    Example (Ray): matryoshka-adaptor index add db/ --vectors 'shards/*.parquet' --adaptor my-adaptor/ --engine ray --workers 8
     """
     from .funnel import FunnelIndex
 
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine must be 'local' or 'ray'; got {engine!r}.")
+    if engine == "ray":
+        if vectors is None or texts is not None or payload or ids is not None:
+            raise InputError("--engine ray adds Parquet shards given with --vectors (ids from --id-column); "
+                             "--texts, --ids and --payload need --engine local.")
+        from ..distributed.ray_index import add_parquet_shards_to_index
+
+        res = add_parquet_shards_to_index(path, str(vectors), adaptor=adaptor, table=table, column=column,
+                                          id_column=id_column, num_workers=workers, batch_rows=batch_rows,
+                                          ray_address=ray_address, progress=not quiet)
+        typer.echo(f"added {res.added} rows ({res.skipped} already present), version {res.version}")
+        return
     index = FunnelIndex.open(path, adaptor=adaptor, table=table)
     n, batches = _batches(vectors, texts, ids, column, payload, store_text, model, batch_rows, index)
     res = index.add(batches, total=n, progress=not quiet)

@@ -253,17 +253,7 @@ class FunnelIndex:
     def _encode(self, x: np.ndarray, offset: int = 0, *, name: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
         """Input vectors -> (prefix, full): unit-length float32 arrays."""
         x = check_embeddings(x, name=name, expected_dim=self.input_dim)
-        if self._np is None:
-            full = l2_normalize(x, name=name, offset=offset)
-            prefix = full[:, : self.dim]
-            prefix = prefix / np.maximum(np.linalg.norm(prefix, axis=1, keepdims=True), 1e-12)
-            return prefix.astype(np.float32), full
-        prefix = self._np.apply(x, self.dim, offset=offset)
-        if self.meta["rescore_with"] == "adapted":
-            full = prefix if self.dim == self.input_dim else self._np.apply(x, self.input_dim, offset=offset)
-        else:
-            full = l2_normalize(x, name=name, offset=offset)
-        return prefix, full
+        return encode_rows(self._np, x, self.dim, rescore_with=self.meta["rescore_with"], offset=offset, name=name)
 
     def _codes(self, prefix: np.ndarray) -> np.ndarray:
         if self.precision == "float32":
@@ -301,6 +291,29 @@ class FunnelIndex:
         skipped; an id twice within one batch is an error. Vectors go through the adaptor batch by batch (bounded memory).
         Use :func:`iter_vector_file`, :func:`iter_arrays` or :func:`iter_texts` to make batches.
         """
+
+        def rows(batch, keep, offset):
+            x = check_embeddings(batch[1], name="vectors", expected_dim=self.input_dim)
+            return self._encode(np.asarray(x)[keep], offset)
+
+        return self._add_batches(batches, rows, payload_at=2, total=total, progress=progress)
+
+    def add_encoded(self, batches: Iterable[tuple], *, total: int | None = None, progress: bool = False) -> AddResult:
+        """Like :meth:`add`, for ``(ids, prefix, full[, payload dict])`` batches already encoded with this
+        table's adaptor (:func:`encode_rows`, e.g. on Ray workers: ``matryoshka_adaptor.distributed``)."""
+        width = (self.dim, self.full_dim)
+
+        def rows(batch, keep, offset):
+            prefix, full = (np.asarray(a, dtype=np.float32)[keep] for a in batch[1:3])
+            if prefix.shape[1:] != width[:1] or full.shape[1:] != width[1:]:
+                raise InputError(f"encoded rows have prefix/full widths {prefix.shape[1:]}/{full.shape[1:]}, but "
+                                 f"the table stores {width[0]}/{width[1]}; encode with the table's adaptor and dim.")
+            return prefix, full
+
+        return self._add_batches(batches, rows, payload_at=3, total=total, progress=progress)
+
+    def _add_batches(self, batches, rows, *, payload_at: int, total, progress) -> AddResult:
+        """The one add loop: skip ids already present, refuse an id twice, one commit per batch."""
         from tqdm.auto import tqdm
 
         present = self.existing_ids()
@@ -309,12 +322,10 @@ class FunnelIndex:
         offset = 0
         bar = tqdm(total=total, desc="index add", unit="vec", disable=not progress)
         for batch in batches:
-            ids, x = batch[0], batch[1]
-            payload = batch[2] if len(batch) > 2 else None
-            ids = [str(i) for i in ids]
-            if len(ids) != len(x):
-                raise InputError(f"a batch has {len(ids)} ids for {len(x)} vectors; give one id per vector.")
-            x = check_embeddings(x, name="vectors", expected_dim=self.input_dim)
+            ids = [str(i) for i in batch[0]]
+            payload = batch[payload_at] if len(batch) > payload_at else None
+            if len(ids) != len(batch[1]):
+                raise InputError(f"a batch has {len(ids)} ids for {len(batch[1])} vectors; give one id per vector.")
             keep = [i for i, id_ in enumerate(ids) if id_ not in present]
             skipped += len(ids) - len(keep)
             new_ids = [ids[i] for i in keep]
@@ -322,7 +333,7 @@ class FunnelIndex:
                 dup = next(i for i in new_ids if new_ids.count(i) > 1)
                 raise InputError(f"id {dup!r} appears twice in the input; ids must be unique.")
             if keep:
-                prefix, full = self._encode(np.asarray(x)[keep], offset)
+                prefix, full = rows(batch, keep, offset)
                 sub = None if payload is None else {k: [v[i] for i in keep] for k, v in payload.items()}
                 self._append(new_ids, prefix, full, sub, next_row)
                 present.update(new_ids)
@@ -463,6 +474,27 @@ class FunnelIndex:
         return {**meta, "rows": self.table.count_rows(), "version": self.table.version,
                 "prefix_bytes_per_vector": bytes_per_vector(self.dim, self.precision),
                 "full_bytes_per_vector": 4 * self.full_dim, "uri": str(self.table.uri)}
+
+
+def encode_rows(np_adaptor, x: np.ndarray, dim: int, *, rescore_with: str = "original", offset: int = 0,
+                name: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
+    """Checked input vectors -> a funnel table's (prefix, full) rows, unit-length float32.
+
+    ``np_adaptor`` is the table's adaptor as a :class:`~matryoshka_adaptor.inference.NumpyAdaptor`
+    (None: the plain first ``dim`` dims); ``full`` is the normalised input, or the adaptor's full-dim
+    output when ``rescore_with="adapted"``. Numpy only, so it also runs on Ray workers.
+    """
+    if np_adaptor is None:
+        full = l2_normalize(x, name=name, offset=offset)
+        prefix = full[:, :dim]
+        prefix = prefix / np.maximum(np.linalg.norm(prefix, axis=1, keepdims=True), 1e-12)
+        return prefix.astype(np.float32), full
+    prefix = np_adaptor.apply(x, dim, offset=offset)
+    if rescore_with == "adapted":
+        full = prefix if dim == x.shape[1] else np_adaptor.apply(x, x.shape[1], offset=offset)
+    else:
+        full = l2_normalize(x, name=name, offset=offset)
+    return prefix, full
 
 
 def _open_table(path, table: str):
