@@ -152,6 +152,8 @@ def test_bad_input_changes_nothing(tmp_path, adaptor, data):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16)
     with pytest.raises(InputError, match="needs calibration"):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="int8", table="t8")
+    with pytest.raises(InputError, match="'binary-itq' is only available in the benchmark"):
+        FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="binary-itq", table="titq")
     with pytest.raises(InputError, match="appears twice"):
         index.add(iter_arrays(corpus[:2], ["new", "new"]))
     assert index.table.version == version and index.table.count_rows() == 100

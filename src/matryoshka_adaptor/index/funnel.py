@@ -37,10 +37,13 @@ import numpy as np
 
 from ..errors import FunnelIndexError, InputError
 from ..quantization import (
-    PRECISIONS, QuantizedVectors, _rank_rows, bytes_per_vector, check_precision, quantize_binary,
+    QuantizedVectors, _rank_rows, bytes_per_vector, check_precision, quantize_binary,
     quantize_int8, rescore, topk_deterministic,
 )
 from ..quantization import int8_ranges as calibrate_int8
+
+# The precisions a funnel table stores (binary-centered / binary-itq are benchmark precisions so far).
+PRECISIONS = ("float32", "int8", "binary")
 from ..validation import check_embeddings, l2_normalize
 
 FORMAT = "matryoshka-adaptor-funnel"
@@ -164,8 +167,11 @@ class FunnelIndex:
         """
         import pyarrow as pa
 
-        adaptor = _load_adaptor(adaptor)
         check_precision(precision)
+        if precision not in PRECISIONS:
+            raise InputError(f"a funnel index stores {', '.join(PRECISIONS)} prefixes; {precision!r} is only "
+                             "available in the benchmark (--store numpy).")
+        adaptor = _load_adaptor(adaptor)
         if rescore_with not in RESCORE_WITH:
             raise InputError(f"rescore_with must be one of {', '.join(RESCORE_WITH)}; got {rescore_with!r}.")
         if adaptor is None and rescore_with == "adapted":
