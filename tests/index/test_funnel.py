@@ -47,7 +47,8 @@ def numpy_funnel(est, corpus, queries, dim, precision, k, shortlist, rescore_wit
 
 @pytest.mark.parametrize("precision,dim,shortlist,rescore_with", [
     ("binary", 16, 50, "original"), ("binary", 8, 0, "original"), ("int8", 8, 30, "adapted"),
-    ("int8", 16, 0, "original"), ("float32", 8, 40, "original")])
+    ("int8", 16, 0, "original"), ("float32", 8, 40, "original"), ("binary-itq", 16, 0, "original"),
+    ("binary-itq", 16, 50, "adapted"), ("binary-centered", 8, 0, "original")])
 def test_lancedb_funnel_equals_numpy_funnel(tmp_path, adaptor, data, precision, dim, shortlist, rescore_with):
     corpus, queries, ids = data
     est = MatryoshkaAdaptor.load(adaptor)
@@ -152,7 +153,7 @@ def test_bad_input_changes_nothing(tmp_path, adaptor, data):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16)
     with pytest.raises(InputError, match="needs calibration"):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="int8", table="t8")
-    with pytest.raises(InputError, match="'binary-itq' is only available in the benchmark"):
+    with pytest.raises(InputError, match="binary-itq needs calibration vectors"):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="binary-itq", table="titq")
     with pytest.raises(InputError, match="appears twice"):
         index.add(iter_arrays(corpus[:2], ["new", "new"]))

@@ -124,9 +124,6 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
             raise InputError(f"--rescore sizes must be >= 0 (0: no rescoring); got {list(cfg.rescore)}.")
         if cfg.store not in ("numpy", "lancedb"):
             raise InputError(f"unknown store {cfg.store!r}; choose numpy or lancedb.")
-        if cfg.store == "lancedb" and set(cfg.quantize) - {"float32", "int8", "binary"}:
-            raise InputError("--store lancedb runs float32, int8 and binary first stages; use --store numpy for "
-                             "binary-centered / binary-itq.")
     q_dims = check_dims(cfg.quantize_dims, d) if cfg.quantize_dims else dims
     q_dims = tuple(sorted(set(q_dims) | {d}))
 
@@ -180,7 +177,7 @@ def equal_bytes_rows(method, name: str, seed: int, corpus: np.ndarray, q_test: n
     if cfg.store == "lancedb":
         from ..index.benchmark_store import LanceFunnelStore
 
-        store = LanceFunnelStore()
+        store = LanceFunnelStore(seed=seed)
     for m in dims:
         qp, cp = method.encode(q_test, m), method.encode(corpus, m)
         for precision in cfg.quantize:
