@@ -17,8 +17,8 @@ Three storage precisions for a (prefix) vector of ``dim`` numbers:
   each bit splits the corpus near its median instead of at zero (embeddings are not centred:
   many dims are positive for most documents and their bit says little).
 * ``binary-itq``: as ``binary-centered``, then rotated by an orthogonal ``dim x dim`` matrix learned
-  on the corpus by iterative quantisation (ITQ, Gong & Lazebnik 2011; faiss's ``ITQTransform``,
-  used only to fit it) so that variance is spread over the bits before taking signs.
+  on the corpus by iterative quantisation (ITQ, Gong & Lazebnik 2011, the algorithm of faiss's
+  ``ITQMatrix``) so that variance is spread over the bits before taking signs.
 
 The centred/ITQ variants store one mean vector (and one rotation) per index, not per vector:
 bytes/vector is the same as ``binary``. The queries go through the same transform.
@@ -65,13 +65,17 @@ def fit_binary_transform(calibration: np.ndarray, precision: str, *, seed: int =
     """The (mean, rotation) applied before taking sign bits, fitted on the calibration vectors (the corpus).
 
     ``binary``: (None, None). ``binary-centered``: the per-dimension mean, no rotation.
-    ``binary-itq``: the mean and the ITQ rotation ``R`` (codes are the signs of ``(x - mean) @ R``),
-    fitted by faiss (``ITQTransform`` without PCA; seeded, ``max_iter`` alternations).
+    ``binary-itq``: the mean and the ITQ rotation ``R`` (codes are the signs of ``(x - mean) @ R``):
+    from a seeded random orthogonal start, ``max_iter`` alternations of ``B = sign(V R)`` and the
+    orthogonal Procrustes step ``R = U W^T`` (``U S W^T`` = SVD of ``V^T B``), V the centred vectors.
+    This is faiss's ``ITQMatrix`` algorithm; written in numpy because faiss's fit took 53 s against
+    7.6 s here on SciFact's 5,183 x 384 (one thread), with a lower quantisation loss
+    (the test suite checks it against faiss).
     """
     check_precision(precision)
     if precision not in BINARY_PRECISIONS or precision == "binary":
         return None, None
-    x = np.ascontiguousarray(calibration, dtype=np.float32)
+    x = np.asarray(calibration, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 2:
         raise InputError(f"{precision} calibration needs an (n >= 2, dim) array; got shape {x.shape}.")
     if not np.isfinite(x).all():
@@ -79,19 +83,14 @@ def fit_binary_transform(calibration: np.ndarray, precision: str, *, seed: int =
     mean = x.mean(axis=0).astype(np.float32)
     if precision == "binary-centered":
         return mean, None
-    try:
-        import faiss
-    except ImportError as exc:
-        raise InputError("binary-itq needs faiss to fit its rotation: pip install 'matryoshka-adaptor[ann]' "
-                         "(or use binary-centered).") from exc
+    v = x - mean
     d = x.shape[1]
-    itq = faiss.ITQTransform(d, d, False)
-    itq.max_train_per_dim = max(1, -(-len(x) // d))  # train on every calibration row (default: 10 per dim)
-    itq.itq.seed, itq.itq.max_iter = int(seed), int(max_iter)
-    itq.train(x)
-    # faiss applies y = A @ ((x - mean) / |x - mean|); the row scaling does not change signs.
-    rotation = faiss.vector_to_array(itq.pca_then_itq.A).reshape(d, d).T.astype(np.float32)
-    return faiss.vector_to_array(itq.mean).astype(np.float32), rotation
+    rotation = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0].astype(np.float32)
+    for _ in range(max_iter):
+        codes = np.where(v @ rotation >= 0, 1.0, -1.0).astype(np.float32)
+        u, _, wt = np.linalg.svd((v.T @ codes).astype(np.float64))
+        rotation = (u @ wt).astype(np.float32)
+    return mean, rotation
 
 
 def binary_codes(x: np.ndarray, mean: np.ndarray | None = None, rotation: np.ndarray | None = None) -> np.ndarray:
