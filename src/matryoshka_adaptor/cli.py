@@ -336,7 +336,7 @@ def benchmark(
     train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
     cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
     adaptor_params: Optional[str] = typer.Option(None, help='JSON of MatryoshkaAdaptor parameters, e.g. \'{"steps": 800}\'.'),
-    quantize: Optional[str] = typer.Option(None, help="Equal-bytes evaluation: first-stage precisions, e.g. float32,int8,binary."),
+    quantize: Optional[str] = typer.Option(None, help="Equal-bytes evaluation: first-stage precisions, e.g. float32,int8,binary (also binary-centered, binary-itq)."),
     rescore: str = typer.Option("0", help="With --quantize: shortlist sizes rescored with full float32 vectors (0: none), e.g. 0,50,100,200."),
     quantize_dims: Optional[str] = typer.Option(None, help="With --quantize: prefix dims to evaluate (default: --dims and the full dim)."),
     store: str = typer.Option("numpy", help="With --quantize: run the funnel in memory (numpy) or through LanceDB tables (lancedb)."),

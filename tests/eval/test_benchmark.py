@@ -117,9 +117,9 @@ def test_equal_bytes_lancedb_store_matches_numpy(tmp_path):
     pytest.importorskip("lancedb")
     root = make_toy_dataset(tmp_path / "toy")
     common = dict(dataset=str(root), embeddings=str(root / "embeddings"), dims=(8,), methods=("pca",), seeds=(0,),
-                  quantize=("int8", "binary"), rescore=(0, 20), quantize_dims=(8, 16))
+                  quantize=("int8", "binary", "binary-centered", "binary-itq"), rescore=(0, 20), quantize_dims=(8, 16))
     a = run_benchmark(BenchmarkConfig(**common), progress=False)["equal_bytes_rows"]
     b = run_benchmark(BenchmarkConfig(**common, store="lancedb"), progress=False)["equal_bytes_rows"]
-    assert len(a) == len(b) == 3 * 2 * 2 + 2 * 2  # pca: dims 8, 16, 32 x 2 precisions x 2 shortlists; full: 2 x 2
+    assert len(a) == len(b) == 3 * 4 * 2 + 4 * 2  # pca: dims 8, 16, 32 x 4 precisions x 2 shortlists; full: 4 x 2
     for ra, rb in zip(a, b):
         assert ra["ndcg@10"] == pytest.approx(rb["ndcg@10"], abs=1e-12), (ra, rb)

@@ -47,7 +47,8 @@ def numpy_funnel(est, corpus, queries, dim, precision, k, shortlist, rescore_wit
 
 @pytest.mark.parametrize("precision,dim,shortlist,rescore_with", [
     ("binary", 16, 50, "original"), ("binary", 8, 0, "original"), ("int8", 8, 30, "adapted"),
-    ("int8", 16, 0, "original"), ("float32", 8, 40, "original")])
+    ("int8", 16, 0, "original"), ("float32", 8, 40, "original"), ("binary-itq", 16, 0, "original"),
+    ("binary-itq", 16, 50, "adapted"), ("binary-centered", 8, 0, "original")])
 def test_lancedb_funnel_equals_numpy_funnel(tmp_path, adaptor, data, precision, dim, shortlist, rescore_with):
     corpus, queries, ids = data
     est = MatryoshkaAdaptor.load(adaptor)
@@ -152,12 +153,15 @@ def test_bad_input_changes_nothing(tmp_path, adaptor, data):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16)
     with pytest.raises(InputError, match="needs calibration"):
         FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="int8", table="t8")
+    with pytest.raises(InputError, match="binary-itq needs calibration vectors"):
+        FunnelIndex.create(tmp_path / "db", adaptor=adaptor, dim=16, precision="binary-itq", table="titq")
     with pytest.raises(InputError, match="appears twice"):
         index.add(iter_arrays(corpus[:2], ["new", "new"]))
     assert index.table.version == version and index.table.count_rows() == 100
 
 
-def test_cli_build_add_search_info(tmp_path, adaptor, data):
+@pytest.mark.parametrize("precision", ["int8", "binary-itq"])
+def test_cli_build_add_search_info(tmp_path, adaptor, data, precision):
     from typer.testing import CliRunner
 
     from matryoshka_adaptor.cli import app
@@ -172,7 +176,7 @@ def test_cli_build_add_search_info(tmp_path, adaptor, data):
     db = str(tmp_path / "db")
     r = runner.invoke(app, ["index", "build", db, "--vectors", str(tmp_path / "c1.npy"), "--ids",
                             str(tmp_path / "ids1.json"), "--adaptor", str(adaptor), "--dim", "16", "--precision",
-                            "int8", "--quiet"])
+                            precision, "--quiet"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["index", "add", db, "--vectors", str(tmp_path / "c2.npy"), "--ids",
                             str(tmp_path / "ids2.json"), "--adaptor", str(adaptor), "--quiet"])
@@ -183,7 +187,15 @@ def test_cli_build_add_search_info(tmp_path, adaptor, data):
     lines = [json.loads(line) for line in r.output.strip().splitlines()]
     assert len(lines) == 40 and len(lines[0]["ids"]) == 5
     info = json.loads(runner.invoke(app, ["index", "info", db]).output)
-    assert info["rows"] == 700 and info["precision"] == "int8"
+    assert info["rows"] == 700 and info["precision"] == precision
+    # the CLI's results are the library's (the calibration here is the first file: its mean and rotation)
+    est = MatryoshkaAdaptor.load(adaptor)
+    first = QuantizedVectors.encode(est.transform(corpus[:400], 16), precision)
+    store = QuantizedVectors.encode(est.transform(corpus, 16), precision, ranges=first.ranges, mean=first.mean,
+                                    rotation=first.rotation)
+    ref, _ = funnel_search(est.transform(queries, 16), store, 5, shortlist=50, query_full=l2_normalize(queries),
+                           corpus_full=l2_normalize(corpus))
+    assert [line["ids"] for line in lines] == [[ids[r] for r in row] for row in ref]
     # the wrong adaptor: one error line, exit code 2
     r = runner.invoke(app, ["index", "search", db, "--queries", str(tmp_path / "q.npy"), "--k", "5"])
     assert r.exit_code == 2 and "error:" in r.output and "pass the same adaptor" in r.output

@@ -177,11 +177,12 @@ def equal_bytes_rows(method, name: str, seed: int, corpus: np.ndarray, q_test: n
     if cfg.store == "lancedb":
         from ..index.benchmark_store import LanceFunnelStore
 
-        store = LanceFunnelStore()
+        store = LanceFunnelStore(seed=seed)
     for m in dims:
         qp, cp = method.encode(q_test, m), method.encode(corpus, m)
         for precision in cfg.quantize:
-            first = QuantizedVectors.encode(cp, precision)  # int8: calibrated on this corpus prefix
+            # int8 ranges, binary-centered/-itq mean and rotation: fitted on this corpus prefix
+            first = QuantizedVectors.encode(cp, precision, seed=seed)
             for shortlist in cfg.rescore:
                 for source, (qf, cf) in (full_sources.items() if shortlist else [("none", (None, None))]):
                     k = min(cfg.top_k, shortlist) if shortlist else cfg.top_k

@@ -147,7 +147,7 @@ def equal_bytes_tables(result: dict, metric: str = "ndcg@10", max_shortlist: int
     adaptors = [m for m in methods if m not in BASELINE_FAMILIES]
     baselines = [e for e in summary if e["method"] in BASELINE_FAMILIES and e["shortlist"] == 0]
     out = [f"**No rescoring: best {metric} at each first-stage budget** (every configuration with at most "
-           "that many bytes/vector; baselines = full, truncate and PCA in float32, int8 or binary).", "",
+           "that many bytes/vector; baselines = full, truncate and PCA at every precision of the run).", "",
            "| bytes/vector | best baseline | " + " | ".join(f"best {m}" for m in adaptors) + " |",
            "| --- | --- | " + " | ".join("---" for _ in adaptors) + " |"]
     for b in BUDGETS:
@@ -203,7 +203,7 @@ def plot_ndcg_vs_bytes(result: dict, path: str | Path, metric: str = "ndcg@10", 
 
     summary = result["equal_bytes_summary"]
     methods = list(dict.fromkeys(e["method"] for e in summary))
-    markers = {"float32": "o", "int8": "s", "binary": "^"}
+    markers = {"float32": "o", "int8": "s", "binary": "^", "binary-centered": "v", "binary-itq": "D"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=120, sharey=True)
     panels = [("no rescoring", lambda e: e["shortlist"] == 0),
               (f"top-{shortlist} rescored with full vectors", lambda e: e["shortlist"] == shortlist)]

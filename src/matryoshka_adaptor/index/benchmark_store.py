@@ -12,7 +12,8 @@ from .funnel import FunnelIndex
 class LanceFunnelStore:
     """One temporary LanceDB table per (prefix dim, precision, full vectors), reused across shortlists."""
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
+        self.seed = seed  # of binary-itq rotations, as in the numpy store
         self._dir = tempfile.TemporaryDirectory(prefix="ma-bench-lancedb-")
         self._tables: dict[tuple, FunnelIndex] = {}
 
@@ -22,7 +23,7 @@ class LanceFunnelStore:
         if index is None:
             index = FunnelIndex.from_encoded(self._dir.name, corpus_prefix, corpus_full,
                                              [str(i) for i in range(len(corpus_prefix))], precision=precision,
-                                             table=f"t{len(self._tables)}")
+                                             table=f"t{len(self._tables)}", seed=self.seed)
             self._tables[key] = index
         return index.search_encoded(query_prefix, query_full, k, shortlist).rows
 

@@ -55,7 +55,7 @@ def build(
     texts: Optional[Path] = typer.Option(None, help="Or texts to embed with --model: BEIR .jsonl (_id, title, text) or .txt."),
     adaptor: Optional[Path] = typer.Option(None, help="Adaptor folder (without one the prefix is plain truncation)."),
     dim: int = typer.Option(128, help="Prefix dims for the first stage."),
-    precision: str = typer.Option("binary", help="Prefix storage: float32, int8 or binary."),
+    precision: str = typer.Option("binary", help="Prefix storage: float32, int8, binary, binary-centered or binary-itq."),
     rescore_with: str = typer.Option("original", help="Full vectors to rescore with: original or adapted."),
     ids: Optional[Path] = typer.Option(None, help="ids.json (a list, or corpus_ids) in row order for .npy input."),
     column: Optional[str] = typer.Option(None, help="Parquet embedding column (default: embedding)."),
@@ -63,7 +63,7 @@ def build(
     store_text: bool = typer.Option(False, help="With --texts: keep each text in a `text` column."),
     model: Optional[str] = typer.Option(None, help="sentence-transformers model that made the vectors; lets `search --query` take text."),
     table: str = typer.Option("funnel", help="Table name inside the LanceDB folder."),
-    calibration_rows: int = typer.Option(100_000, help="int8: input rows (evenly spaced) that set the per-dim ranges."),
+    calibration_rows: int = typer.Option(100_000, help="int8, binary-centered, binary-itq: input rows (evenly spaced) that set the per-dim ranges / the mean and rotation."),
     batch_rows: int = typer.Option(4096, help="Rows per committed batch (bounds memory)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -81,7 +81,7 @@ def build(
     if store_text:
         pay_types["text"] = pa.string()
     calibration = None
-    if precision == "int8":
+    if precision in ("int8", "binary-centered", "binary-itq"):
         calibration = _calibration(vectors, texts, column, model, calibration_rows)
     from ..estimator import MatryoshkaAdaptor
 

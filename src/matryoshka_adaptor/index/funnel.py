@@ -27,6 +27,7 @@ boundary are resolved by fetching past it until the whole tie group is in.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -37,14 +38,31 @@ import numpy as np
 
 from ..errors import FunnelIndexError, InputError
 from ..quantization import (
-    PRECISIONS, QuantizedVectors, _rank_rows, bytes_per_vector, check_precision, quantize_binary,
+    QuantizedVectors, _rank_rows, binary_codes, bytes_per_vector, check_precision, fit_binary_transform,
     quantize_int8, rescore, topk_deterministic,
 )
 from ..quantization import int8_ranges as calibrate_int8
+
+PRECISIONS = ("float32", "int8", "binary", "binary-centered", "binary-itq")
+_PA_TYPE = {"float32": "float32", "int8": "int8", "binary": "uint8", "binary-centered": "uint8", "binary-itq": "uint8"}
+
+
+def _array_to_meta(a: np.ndarray | None) -> dict | None:
+    """A float32 array as JSON-safe metadata (little-endian bytes, base64): no pickle."""
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "float32_le_base64": base64.b64encode(a.tobytes()).decode()}
+
+
+def _array_from_meta(m: dict | None) -> np.ndarray | None:
+    if m is None:
+        return None
+    return np.frombuffer(base64.b64decode(m["float32_le_base64"]), dtype="<f4").reshape(m["shape"]).astype(np.float32)
 from ..validation import check_embeddings, l2_normalize
 
 FORMAT = "matryoshka-adaptor-funnel"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: binary-centered / binary-itq tables (others are still written as 1, readable by older versions)
 META_KEY = b"matryoshka_adaptor.funnel"
 DEFAULT_TABLE = "funnel"
 RESCORE_WITH = ("original", "adapted")
@@ -133,6 +151,9 @@ class FunnelIndex:
         self.input_dim = meta.get("input_dim")
         self.full_dim = int(meta["full_dim"])
         self.ranges = None if meta.get("int8_ranges") is None else np.asarray(meta["int8_ranges"], np.float32)
+        # binary-centered / binary-itq: the transform before the sign bits, fitted at create time
+        self.binary_mean = _array_from_meta(meta.get("binary_mean"))
+        self.binary_rotation = _array_from_meta(meta.get("binary_rotation"))
         self._np = None if adaptor is None else adaptor.numpy_adaptor()
 
     # ---------------------------------------------------------------- create / open
@@ -140,7 +161,8 @@ class FunnelIndex:
     def create(cls, path: str | Path, *, adaptor=None, dim: int, precision: str = "binary",
                rescore_with: str = "original", calibration: np.ndarray | None = None, input_dim: int | None = None,
                table: str = DEFAULT_TABLE, embedding_model: str | None = None, payload: dict | None = None,
-               int8_ranges: np.ndarray | None = None, _precomputed: bool = False) -> FunnelIndex:
+               int8_ranges: np.ndarray | None = None, binary_transform: tuple | None = None, seed: int = 0,
+               _precomputed: bool = False) -> FunnelIndex:
         """Create an empty funnel table at LanceDB folder ``path`` (refuses an existing table).
 
         Parameters
@@ -149,13 +171,21 @@ class FunnelIndex:
             None stores the plain first ``dim`` dims of the (normalised) input vectors.
         dim : int
             Prefix dims searched in the first stage.
-        precision : {"float32", "int8", "binary"}
+        precision : {"float32", "int8", "binary", "binary-centered", "binary-itq"}
+            Prefix storage (see :mod:`matryoshka_adaptor.quantization`); the binary ones take
+            ``ceil(dim / 8)`` bytes per row.
         rescore_with : {"original", "adapted"}
             The ``full`` column: the normalised input vector, or the adaptor's full-dim output.
-        calibration : (n, input_dim) array, needed for int8 (unless ``int8_ranges`` is given)
-            Input vectors (e.g. the corpus or a sample) whose adapted prefixes set the int8 ranges.
+        calibration : (n, input_dim) array, needed for int8, binary-centered and binary-itq
+            Input vectors (e.g. the corpus or a sample) whose adapted prefixes set the int8 ranges,
+            or the mean (and ITQ rotation) before the sign bits; stored in the table's metadata.
         int8_ranges : (2, dim) array, optional
             Per-dimension [min; max] of the prefixes, instead of ``calibration``.
+        binary_transform : (mean, rotation), optional
+            For binary-centered / binary-itq, instead of ``calibration``
+            (see :func:`~matryoshka_adaptor.quantization.fit_binary_transform`).
+        seed : int
+            Seeds the ITQ rotation's fit.
         input_dim : int, needed without an adaptor
         embedding_model : str, optional
             The sentence-transformers model that makes the input vectors; lets ``search`` take texts.
@@ -164,8 +194,8 @@ class FunnelIndex:
         """
         import pyarrow as pa
 
-        adaptor = _load_adaptor(adaptor)
         check_precision(precision)
+        adaptor = _load_adaptor(adaptor)
         if rescore_with not in RESCORE_WITH:
             raise InputError(f"rescore_with must be one of {', '.join(RESCORE_WITH)}; got {rescore_with!r}.")
         if adaptor is None and rescore_with == "adapted":
@@ -179,7 +209,7 @@ class FunnelIndex:
         clash = sorted(set(payload) & set(RESERVED_COLUMNS))
         if clash:
             raise InputError(f"payload column(s) {clash} clash with the index's own columns {RESERVED_COLUMNS}.")
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": int(dim), "precision": precision,
+        meta = {"format": FORMAT, "format_version": 2 if precision in ("binary-centered", "binary-itq") else 1, "dim": int(dim), "precision": precision,
                 "input_dim": int(d), "full_dim": int(d), "rescore_with": rescore_with,
                 "adaptor_fingerprint": "precomputed" if _precomputed else adaptor_fingerprint(adaptor),
                 "embedding_model": embedding_model,
@@ -197,7 +227,18 @@ class FunnelIndex:
                         for s in range(0, len(calibration), 8192)]
             index.ranges = calibrate_int8(np.concatenate(prefixes))
             meta["int8_ranges"] = index.ranges.tolist()
-        prefix_type = {"float32": pa.float32(), "int8": pa.int8(), "binary": pa.uint8()}[precision]
+        elif precision in ("binary-centered", "binary-itq"):
+            if binary_transform is None:
+                if calibration is None:
+                    raise InputError(f"{precision} needs calibration vectors (e.g. the corpus or a sample of it) "
+                                     "to fit its mean and rotation; pass calibration=...")
+                prefixes = [index._encode(np.asarray(calibration[s:s + 8192]), s)[0]
+                            for s in range(0, len(calibration), 8192)]
+                binary_transform = fit_binary_transform(np.concatenate(prefixes), precision, seed=seed)
+            index.binary_mean, index.binary_rotation = binary_transform
+            meta["binary_mean"] = _array_to_meta(index.binary_mean)
+            meta["binary_rotation"] = _array_to_meta(index.binary_rotation)
+        prefix_type = getattr(pa, _PA_TYPE[precision])()
         schema = pa.schema(
             [pa.field("id", pa.string(), nullable=False), pa.field("row", pa.int64(), nullable=False),
              pa.field("prefix", pa.list_(prefix_type, bytes_per_vector(dim, precision) if precision != "float32"
@@ -234,7 +275,8 @@ class FunnelIndex:
 
     @classmethod
     def from_encoded(cls, path: str | Path, prefix: np.ndarray, full: np.ndarray, ids: list[str], *,
-                     precision: str = "binary", table: str = DEFAULT_TABLE, batch_rows: int = 65536) -> FunnelIndex:
+                     precision: str = "binary", table: str = DEFAULT_TABLE, batch_rows: int = 65536,
+                     seed: int = 0) -> FunnelIndex:
         """A table from prefixes made elsewhere (PCA, truncation, an adaptor's own output).
 
         Such a table has no encoder: search it with :meth:`search_encoded`. The benchmark's
@@ -243,7 +285,8 @@ class FunnelIndex:
         """
         prefix = np.asarray(prefix, dtype=np.float32)
         index = cls.create(path, dim=prefix.shape[1], precision=precision, input_dim=full.shape[1], table=table,
-                           int8_ranges=calibrate_int8(prefix) if precision == "int8" else None, _precomputed=True)
+                           int8_ranges=calibrate_int8(prefix) if precision == "int8" else None, _precomputed=True,
+                           binary_transform=fit_binary_transform(prefix, precision, seed=seed))
         for s in range(0, len(prefix), batch_rows):
             index._append(list(ids[s:s + batch_rows]), prefix[s:s + batch_rows], np.asarray(full[s:s + batch_rows]),
                           None, s)
@@ -260,7 +303,7 @@ class FunnelIndex:
             return prefix
         if self.precision == "int8":
             return quantize_int8(prefix, self.ranges)
-        return quantize_binary(prefix)
+        return binary_codes(prefix, self.binary_mean, self.binary_rotation)
 
     # ---------------------------------------------------------------- writing
     def existing_ids(self) -> set[str]:
@@ -274,7 +317,7 @@ class FunnelIndex:
         import pyarrow as pa
 
         codes = self._codes(prefix)
-        pa_type = {"float32": pa.float32(), "int8": pa.int8(), "binary": pa.uint8()}[self.precision]
+        pa_type = getattr(pa, _PA_TYPE[self.precision])()
         cols = {"id": pa.array(ids, pa.string()), "row": pa.array(np.arange(first_row, first_row + len(ids)),
                                                                    pa.int64()),
                 "prefix": _fixed_list(codes, pa_type), "full": _fixed_list(full.astype(np.float32), pa.float32())}
@@ -404,7 +447,8 @@ class FunnelIndex:
             raise InputError("the index is empty; add vectors first.")
         if self.precision == "int8":
             return self._scan_int8(qp, n)
-        metric, q = ("dot", qp.astype(np.float32)) if self.precision == "float32" else ("hamming", quantize_binary(qp))
+        metric, q = (("dot", qp.astype(np.float32)) if self.precision == "float32"
+                     else ("hamming", binary_codes(qp, self.binary_mean, self.binary_rotation)))
         limit = n + max(16, n // 4)
         todo = np.arange(len(q))
         rows = np.empty((len(q), n), np.int64)
