@@ -39,19 +39,30 @@ DIMS = [16, 32, 64, 128, 256, 384]
 LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+CHECKPOINTS = [100, 200, 400, 1000]
+
+
 def capture_stage_states():
-    """Patch Trainer.fit_supervised to keep (trainer, stage-1 state, stage-2 state) of the last fit."""
+    """Patch the Trainer to keep, of the last supervised fit: the trainer, the stage-1 state, the
+    stage-2 state it returns, and the raw weights at every validation (step = calls x eval_every)."""
     box = {}
     original = training.Trainer.fit_supervised
+    original_val = training.Trainer.query_ndcg
 
     def wrapped(self):
         box["stage1"] = copy.deepcopy(self.net.state_dict())
+        box["checkpoints"] = []
         out = original(self)
         box["stage2"] = copy.deepcopy(self.net.state_dict())
         box["trainer"], box["state"] = self, out
         return out
 
+    def val(self, *a, **k):
+        box["checkpoints"].append(copy.deepcopy(self.net.state_dict()))
+        return original_val(self, *a, **k)
+
     training.Trainer.fit_supervised = wrapped
+    training.Trainer.query_ndcg = val
     return box
 
 
@@ -91,6 +102,17 @@ def main() -> None:
     def add(label, row):
         rows.setdefault(label, []).append(row)
 
+    def table():
+
+        print(f"\nparams: {args.params or 'default'}; seeds {args.seeds}; dev nDCG@10 (mean over seeds)")
+        print("| labels | setting (seeds done) | " + " | ".join(map(str, DIMS)) + " | fit s |")
+        print("| --- | --- | " + " | ".join("---" for _ in DIMS) + " | --- |")
+        print("| - | pca | " + " | ".join(f"{x:.3f}" for x in pca_row) + " | |")
+        for label, rs in rows.items():
+            mean = np.mean(rs, axis=0)
+            print(f"| {label} ({len(rs)}) | " + " | ".join(f"{x:.3f}" for x in mean[:-1]) + f" | {mean[-1]:.0f} |",
+                  flush=True)
+
     pca = make_method("pca").fit(FitData(C, cid), tuple(DIMS), seed=0)
     pca_row = scores(pca.encode)
     box = capture_stage_states()
@@ -111,6 +133,13 @@ def main() -> None:
                   f"val {st.best_score:.3f}, summary {est.fit_summary_.get('supervised')}", flush=True)
             net = box["trainer"].net
             s1, s2 = box["stage1"], box["stage2"]
+            every = est.settings_.eval_every
+            for step in CHECKPOINTS:  # checkpoints[0] is the start (step 0)
+                if step // every < len(box["checkpoints"]):
+                    net.load_state_dict(box["checkpoints"][step // every])
+                    est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
+                    est._numpy = None
+                    add(f"{n} | supervised, raw weights at step {step}", scores(lambda x, m: est.transform(x, m)) + [secs])
             for lam in LAMBDAS:
                 net.load_state_dict({k: (s1[k] + lam * (s2[k] - s1[k])) if s1[k].is_floating_point() else s2[k]
                                      for k in s1})
@@ -118,14 +147,8 @@ def main() -> None:
                 est._numpy = None
                 add(f"{n} | supervised lambda={lam}", scores(lambda x, m: est.transform(x, m)) + [secs])
             net.load_state_dict(s2)
+            table()
 
-    print(f"\nparams: {args.params or 'default'}; seeds {args.seeds}; dev nDCG@10 (mean over seeds)")
-    print("| labels | setting | " + " | ".join(map(str, DIMS)) + " | fit s |")
-    print("| --- | --- | " + " | ".join("---" for _ in DIMS) + " | --- |")
-    print("| - | pca | " + " | ".join(f"{x:.3f}" for x in pca_row) + " | |")
-    for label, rs in rows.items():
-        mean = np.mean(rs, axis=0)
-        print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in mean[:-1]) + f" | {mean[-1]:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
