@@ -236,6 +236,11 @@ class AdaptorConfig:
                                        "Share of anchors / labelled queries held out for validation.")
     max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
     max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
+    min_validation_queries: int = param(
+        10, Interval(int, 1),
+        "Hold labelled queries out for early stopping (and the validated shrink) only when at least this many "
+        "would be held out (below ~95 labelled queries at validation_fraction 0.1); fewer: stage 2 trains on "
+        "all of them for all its steps, since 2-9 held-out queries choose a step by noise.")
     eval_every: int = param(100, Interval(int, 1), "Steps between validations.")
     patience: int = param(5, Interval(int, 1), "Validations without improvement before stage 2 stops.")
     min_improvement: float = param(1e-5, Interval(float, 0), "Smallest validation gain that counts as better.")

@@ -192,7 +192,8 @@ def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
     torch.manual_seed(0)
     net = AdaptorNet(8, 8)
     cfg = config(supervised_steps=60, supervised_shrink=None, validation_fraction=0.3, batch_size=8,
-                 dynamic_negatives=0, eval_every=10, lr=1e-2, supervised_beta=0, listwise_weight=0)
+                 dynamic_negatives=0, eval_every=10, lr=1e-2, supervised_beta=0, listwise_weight=0,
+                 min_validation_queries=1)
     t = Trainer(net, (2, 8), cfg, _labelled_problem(30))
     seen = []
     original = t.query_ndcg
@@ -214,3 +215,18 @@ def test_shrink_and_step_cap_are_validated_parameters():
     with pytest.raises(InputError, match="supervised_steps_per_query=0 is not valid"):
         config(supervised_steps_per_query=0)
     assert config(supervised_shrink=None).supervised_shrink is None
+
+
+def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
+    seen = []
+    for min_val in (1, 5):
+        cfg = config(supervised_steps=20, validation_fraction=0.1, min_validation_queries=min_val, batch_size=8,
+                     dynamic_negatives=0, eval_every=5, patience=1)
+        t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, _labelled_problem(30))
+        calls = []
+        original = t.query_ndcg
+        t.query_ndcg = lambda q, k=10: calls.append(len(q)) or original(q, k)
+        state = t.fit_supervised()
+        seen.append((calls, state.steps_run))
+    assert seen[0][0] and set(seen[0][0]) == {3}  # 10 % of 30 queries held out and validated on
+    assert seen[1] == ([], 20)  # 3 < 5: no holdout, no validation, every step run

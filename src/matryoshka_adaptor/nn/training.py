@@ -267,9 +267,12 @@ class EMAWeights:
                     p.copy_(raw[n])
 
 
-def _split(n: int, fraction: float, rng: np.random.Generator, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
+           min_val: int = 1) -> tuple[np.ndarray, np.ndarray]:
     perm = rng.permutation(n)
     n_val = min(cap, int(round(n * fraction))) if n >= 20 else 0
+    if n_val < min_val:  # too few to choose anything by: train on all of them instead
+        n_val = 0
     return perm[n_val:], perm[:n_val]
 
 
@@ -571,7 +574,8 @@ class Trainer:
         weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
         labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
-        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries)
+        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries,
+                                min_val=cfg.min_validation_queries)
         train_q, val_q = labeled[train_q], labeled[val_q]
         bs = min(cfg.batch_size, len(train_q))
         n_anchors = len(data.anchors)
