@@ -340,6 +340,7 @@ def benchmark(
     rescore: str = typer.Option("0", help="With --quantize: shortlist sizes rescored with full float32 vectors (0: none), e.g. 0,50,100,200."),
     quantize_dims: Optional[str] = typer.Option(None, help="With --quantize: prefix dims to evaluate (default: --dims and the full dim)."),
     store: str = typer.Option("numpy", help="With --quantize: run the funnel in memory (numpy) or through LanceDB tables (lancedb)."),
+    labels: Optional[str] = typer.Option(None, help="Label-efficiency curve: labelled train-query counts, e.g. 25,50,100,200,all; the methods trained on queries are fitted on a random subset per count and seed (writes label_curve.md and ndcg_vs_labels.png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """nDCG@10 against dimension for each method on a BEIR dataset; writes a table and the plot.
@@ -348,6 +349,7 @@ def benchmark(
     --dims 16,32,64,128,256 --methods truncate,pca,adaptor,adaptor-supervised --out results/scifact-minilm
     """
     from .eval.benchmark import BenchmarkConfig, run_benchmark
+    from .eval.label_curve import parse_label_counts
     from .eval.report import markdown_table, write_report
 
     cfg = BenchmarkConfig(
@@ -357,7 +359,7 @@ def benchmark(
         cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
         quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
         rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,
-        store=store,
+        store=store, labels=parse_label_counts(labels) if labels else (),
     )
     result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
@@ -366,6 +368,10 @@ def benchmark(
         from .eval.report import equal_bytes_tables
 
         typer.echo(equal_bytes_tables(result))
+    if result.get("labels"):
+        from .eval.label_curve import label_curve_table
+
+        typer.echo(label_curve_table(result))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -221,6 +221,14 @@ class AdaptorConfig:
     # Optimisation
     steps: int = param(400, Interval(int, 0), "Steps of stage 1.")
     supervised_steps: int = param(1000, Interval(int, 0), "Maximum steps of stage 2 (early stopping may end sooner).")
+    supervised_steps_per_query: float | None = param(
+        None, Interval(float, 0, open_low=True),
+        "Cap stage 2 at this many steps per labelled training query (few labels: fewer steps, so the fit stays "
+        "near the unsupervised start; None: supervised_steps only).", optional=True)
+    supervised_shrink: float | None = param(
+        1.0, Interval(float, 0, 1),
+        "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
+        "trained; None: chosen from 0, 0.25, ..., 1 on the held-out labelled queries).", optional=True)
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")
@@ -232,6 +240,11 @@ class AdaptorConfig:
                                        "Share of anchors / labelled queries held out for validation.")
     max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
     max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
+    min_validation_queries: int = param(
+        10, Interval(int, 1),
+        "Hold labelled queries out for early stopping (and the validated shrink) only when at least this many "
+        "would be held out (below ~95 labelled queries at validation_fraction 0.1); fewer: stage 2 trains on "
+        "all of them for all its steps, since 2-9 held-out queries choose a step by noise.")
     eval_every: int = param(100, Interval(int, 1), "Steps between validations.")
     patience: int = param(5, Interval(int, 1), "Validations without improvement before stage 2 stops.")
     min_improvement: float = param(1e-5, Interval(float, 0), "Smallest validation gain that counts as better.")

@@ -224,7 +224,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         stage2 = trainer.fit_supervised()
         history["supervised"] = stage2.history
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
-                                 "best_val_ndcg@10": stage2.best_score}
+                                 "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink}
         if stage2.diverged:
             summary["supervised"]["diverged"] = stage2.diverged
 

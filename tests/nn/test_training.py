@@ -146,3 +146,87 @@ def test_listwise_negatives_widen_the_pool():
         loss.backward()
         values.append(parts["listwise"].item())
     assert values[0] != values[1] and all(np.isfinite(values))
+
+
+def _labelled_problem(n_queries=30, seed=0):
+    rng = np.random.default_rng(seed)
+    corpus = rng.standard_normal((80, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries = corpus[:n_queries] + 0.5 * rng.standard_normal((n_queries, 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return data_for(corpus, queries=queries, positives=[[(i, 1.0)] for i in range(n_queries)])
+
+
+def _params(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_supervised_steps_per_query_caps_stage_two():
+    cfg = config(supervised_steps=50, supervised_steps_per_query=0.5, validation_fraction=0.0, batch_size=8,
+                 dynamic_negatives=0)
+    state = Trainer(AdaptorNet(8, 8), (2, 8), cfg, _labelled_problem(12)).fit_supervised()
+    assert state.steps_run == 6  # ceil(0.5 x 12 training queries), below supervised_steps
+    cfg = cfg.replace(supervised_steps_per_query=10.0)
+    assert Trainer(AdaptorNet(8, 8), (2, 8), cfg, _labelled_problem(12)).fit_supervised().steps_run == 50
+
+
+def test_supervised_shrink_interpolates_between_the_stage_one_and_stage_two_weights():
+    results = {}
+    for shrink in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        net = AdaptorNet(8, 8, learn_rotation=True)
+        start = _params(net)
+        cfg = config(supervised_steps=20, supervised_shrink=shrink, validation_fraction=0.0, batch_size=8,
+                     dynamic_negatives=0, seed=0)
+        state = Trainer(net, (2, 8), cfg, _labelled_problem(12)).fit_supervised()
+        assert state.shrink == shrink
+        results[shrink] = _params(net)
+    trained = results[1.0]
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    for k in start:  # the same seed trains the same theta2; the kept weights are on the line to it
+        assert torch.allclose(results[0.0][k], start[k])
+        assert torch.allclose(results[0.5][k], 0.5 * (start[k] + trained[k]), atol=1e-6)
+
+
+def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
+    torch.manual_seed(0)
+    net = AdaptorNet(8, 8)
+    cfg = config(supervised_steps=60, supervised_shrink=None, validation_fraction=0.3, batch_size=8,
+                 dynamic_negatives=0, eval_every=10, lr=1e-2, supervised_beta=0, listwise_weight=0,
+                 min_validation_queries=1)
+    t = Trainer(net, (2, 8), cfg, _labelled_problem(30))
+    seen = []
+    original = t.query_ndcg
+    t.query_ndcg = lambda q, k=10: seen.append(original(q, k)) or seen[-1]
+    state = t.fit_supervised()
+    grid_scores = seen[-len(Trainer.SHRINK_GRID):]  # the last validations are the grid's, in order
+    best = max(zip(grid_scores, Trainer.SHRINK_GRID))[1]
+    assert state.shrink == best and state.shrink in Trainer.SHRINK_GRID
+    assert len(set(grid_scores)) > 1  # the grid was really scored (the points differ)
+
+
+def test_shrink_and_step_cap_are_validated_parameters():
+    import pytest
+
+    from matryoshka_adaptor.errors import InputError
+
+    with pytest.raises(InputError, match="supervised_shrink=1.5 is not valid"):
+        config(supervised_shrink=1.5)
+    with pytest.raises(InputError, match="supervised_steps_per_query=0 is not valid"):
+        config(supervised_steps_per_query=0)
+    assert config(supervised_shrink=None).supervised_shrink is None
+
+
+def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
+    seen = []
+    for min_val in (1, 5):
+        cfg = config(supervised_steps=20, validation_fraction=0.1, min_validation_queries=min_val, batch_size=8,
+                     dynamic_negatives=0, eval_every=5, patience=1)
+        t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, _labelled_problem(30))
+        calls = []
+        original = t.query_ndcg
+        t.query_ndcg = lambda q, k=10: calls.append(len(q)) or original(q, k)
+        state = t.fit_supervised()
+        seen.append((calls, state.steps_run))
+    assert seen[0][0] and set(seen[0][0]) == {3}  # 10 % of 30 queries held out and validated on
+    assert seen[1] == ([], 20)  # 3 < 5: no holdout, no validation, every step run

@@ -16,6 +16,7 @@ from ..embed.sources import SentenceTransformerSource, default_cache_path, load_
 from ..errors import InputError
 from ..validation import check_dims, l2_normalize
 from .datasets import BeirDataset, resolve_dataset
+from .label_curve import check_label_counts, subset_fit_data
 from .methods import FitData, make_method
 from .metrics import evaluate_run
 from .retrieval import retrieve, run_from_ranking
@@ -41,6 +42,13 @@ class BenchmarkConfig:
     rescore: tuple[int, ...] = (0,)
     quantize_dims: tuple[int, ...] | None = None
     store: str = "numpy"  # where the funnel runs: numpy (in memory) or lancedb (a table per configuration)
+    # Label-efficiency curve (empty: off): label counts (ints, "all"); the methods that train on
+    # queries are fitted per (count, seed) on a seeded random subset of the labelled train queries.
+    labels: tuple = ()
+
+
+# Methods fitted on training-split queries (and, for the supervised ones, their qrels).
+TRAIN_QUERY_METHODS = ("adaptor-supervised", "adaptor-queries", "adaptor-paper-supervised")
 
 
 def _versions() -> dict:
@@ -102,8 +110,12 @@ def _vectors(ds: BeirDataset, cfg: BenchmarkConfig, query_ids: list[str]):
 def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
     ds = resolve_dataset(cfg.dataset)
     test_queries = ds.split_queries(cfg.split)
-    needs_train = any(m in ("adaptor-supervised", "adaptor-queries", "adaptor-paper-supervised") for m in cfg.methods)
+    needs_train = any(m in TRAIN_QUERY_METHODS for m in cfg.methods)
+    if cfg.labels and not needs_train:
+        raise InputError(f"--labels needs a method trained on queries among --methods ({', '.join(TRAIN_QUERY_METHODS)}).")
     train_queries = ds.split_queries(cfg.train_split) if needs_train else {}
+    if cfg.labels:  # before encoding anything
+        check_label_counts(cfg.labels, list(train_queries), ds.qrels[cfg.train_split])
     overlap = set(train_queries) & set(test_queries)
     if overlap:
         raise InputError(f"{len(overlap)} queries are in both {cfg.train_split} and {cfg.split}; refusing to train on test.")
@@ -129,20 +141,24 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
 
     rows, eb_rows = [], []
     methods = ["full"] + [m for m in cfg.methods if m != "full"]
-    jobs = [(m, s) for m in methods for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
+    jobs = [(m, s, n) for m in methods
+            for n in (cfg.labels if cfg.labels and m in TRAIN_QUERY_METHODS else (None,))
+            for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
     bar = tqdm(jobs, desc="benchmark", disable=not progress)
-    for name, seed in bar:
-        bar.set_postfix(method=name, seed=seed)
+    for name, seed, n_labels in bar:
+        bar.set_postfix(method=name, seed=seed, **({"labels": n_labels} if n_labels is not None else {}))
         method = make_method(name)
         if hasattr(method, "params"):
             method.params.update(cfg.adaptor_params)
+        data = fit_data if n_labels is None else subset_fit_data(fit_data, n_labels, seed)
+        label_key = {} if n_labels is None else {"labels": len(data.train_query_ids)}
         t0 = time.perf_counter()
-        method.fit(fit_data, dims + ((d,) if d not in dims else ()), seed)
+        method.fit(data, dims + ((d,) if d not in dims else ()), seed)
         fit_s = time.perf_counter() - t0
         eval_dims = (d,) if method.full_dim_only else tuple(dims) + ((d,) if d not in dims else ())
         for m in eval_dims:
             run = retrieve(method.encode(q_test, m), method.encode(corpus, m), test_ids, ds.corpus_ids, top_k=cfg.top_k)
-            rows.append({"method": name, "seed": seed, "dim": m, "fit_seconds": round(fit_s, 3),
+            rows.append({"method": name, "seed": seed, "dim": m, **label_key, "fit_seconds": round(fit_s, 3),
                          **evaluate_run(qrels, run, recall_k=cfg.top_k)})
         if cfg.quantize:
             eb_rows += equal_bytes_rows(method, name, seed, corpus, q_test, test_ids, ds.corpus_ids, qrels, cfg,
@@ -152,6 +168,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
         "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
         "input_dim": d, "dims": list(dims), "methods": methods, "seeds": list(cfg.seeds),
         "model": cfg.model, "embeddings": cfg.embeddings, "adaptor_params": cfg.adaptor_params,
+        **({"labels": list(cfg.labels)} if cfg.labels else {}),
         "versions": _versions(), "machine": machine_description(),
         "rows": rows, "summary": summarize(rows),
         **({"quantize": list(cfg.quantize), "rescore": list(cfg.rescore), "store": cfg.store,
@@ -219,13 +236,13 @@ def summarize_equal_bytes(rows: list[dict]) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds per (method, dim)."""
-    groups: dict[tuple[str, int], list[dict]] = {}
+    """Mean and standard deviation over seeds per (method, dim) (and label count, in a label curve)."""
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["dim"]), []).append(r)
+        groups.setdefault((r["method"], r["dim"], r.get("labels")), []).append(r)
     out = []
-    for (method, dim), rs in groups.items():
-        entry = {"method": method, "dim": dim, "n_seeds": len(rs)}
+    for (method, dim, labels), rs in groups.items():
+        entry = {"method": method, "dim": dim, **({"labels": labels} if labels is not None else {}), "n_seeds": len(rs)}
         for key in ("ndcg@10", "recall@100", "mrr@10", "fit_seconds"):
             vals = np.array([r[key] for r in rs if key in r], dtype=float)
             if len(vals):

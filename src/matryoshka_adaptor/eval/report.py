@@ -20,10 +20,10 @@ def markdown_table(result: dict, metric: str = "ndcg@10") -> str:
     methods = [m for m in result["methods"] if m != "full"]
     lines = [f"| method | " + " | ".join(str(m) for m in dims) + " |",
              "| --- | " + " | ".join("---" for _ in dims) + " |"]
-    for method in methods:
+    for method in [m for m in methods if any(e["method"] == m and "labels" not in e for e in summary)]:
         cells = []
         for m in dims:
-            e = next((x for x in summary if x["method"] == method and x["dim"] == m), None)
+            e = next((x for x in summary if x["method"] == method and x["dim"] == m and "labels" not in x), None)
             if e is None or metric not in e:
                 cells.append("")
             elif e["n_seeds"] > 1:
@@ -46,7 +46,8 @@ def plot_ndcg_vs_dim(result: dict, path: str | Path, metric: str = "ndcg@10") ->
     summary = result["summary"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method in [m for m in result["methods"] if m != "full"]:
-        pts = sorted((e["dim"], e[metric], e.get(metric + "_std", 0.0)) for e in summary if e["method"] == method)
+        pts = sorted((e["dim"], e[metric], e.get(metric + "_std", 0.0)) for e in summary
+                     if e["method"] == method and "labels" not in e)
         if pts:
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
@@ -88,6 +89,15 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
           f"({result['machine']['cores']} cores), GPU: {result['machine']['gpu']}.", ""]
     atomic_write_bytes(paths["md"], "\n".join(md).encode())
     plot_ndcg_vs_dim(result, paths["png"])
+    if result.get("labels"):
+        from .label_curve import label_curve_table, plot_label_curve
+
+        paths["labels_md"], paths["labels_png"] = out / "label_curve.md", out / "ndcg_vs_labels.png"
+        md = [f"# {result['dataset_name']}: nDCG@10 by labelled training queries ({result['split']} split)", "",
+              label_curve_table(result), "", f"Seeds: {result['seeds']} (each seed draws its own nested subsets). "
+              f"Machine: {result['machine']['cpu']} ({result['machine']['cores']} cores).", ""]
+        atomic_write_bytes(paths["labels_md"], "\n".join(md).encode())
+        plot_label_curve(result, paths["labels_png"])
     if result.get("equal_bytes_summary"):
         paths["equal_bytes_csv"] = out / "equal_bytes.csv"
         paths["equal_bytes_md"] = out / "equal_bytes.md"

@@ -125,18 +125,19 @@ def ranking_loss(
     weighted mean. ``scale`` = 1 is the paper's formula on raw cosines.
     """
     j_grades = grades if positive_mask is None else grades * positive_mask.to(grades.dtype)
-    n_pos = int((j_grades > 0).sum(1).max().item()) if grades.numel() else 0
-    if n_pos == 0:
+    # Only the real (query, positive) pairs: padding them to the largest positive count of the
+    # batch made most of the (M, B, P, N) tensor zero-weight work (most queries have 1-2 positives).
+    q_idx, d_idx = torch.nonzero(j_grades > 0, as_tuple=True)
+    if q_idx.numel() == 0:
         return queries.new_zeros(())
     sims = prefix_cosine_matrix(queries, docs, dims)  # (M, B, N)
-    pos_grades, pos_idx = j_grades.topk(n_pos, dim=1)  # the positives j of each query, padded
-    pos_sims = sims.gather(2, pos_idx[None].expand(sims.shape[0], -1, -1))  # (M, B, P)
-    weight = (pos_grades[:, :, None] - grades[:, None, :]).clamp_min(0)  # (B, P, N), 0 unless y_ij > y_ik
-    weight = weight * (pos_grades[:, :, None] > 0)
+    pair_sims = sims[:, q_idx, :]  # (M, pairs, N): the scores s_ik of each pair's query
+    pos_sims = sims[:, q_idx, d_idx]  # (M, pairs): s_ij
+    weight = (j_grades[q_idx, d_idx][:, None] - grades[q_idx]).clamp_min(0)  # (pairs, N), 0 unless y_ij > y_ik
     total = weight.sum()
     if total <= 0:
         return queries.new_zeros(())
-    terms = F.softplus(scale * (sims[:, :, None, :] - pos_sims[:, :, :, None]))  # (M, B, P, N)
+    terms = F.softplus(scale * (pair_sims - pos_sims[:, :, None]))  # (M, pairs, N)
     return (terms * weight[None]).sum() / (total * sims.shape[0])
 
 

@@ -91,6 +91,7 @@ class TrainState:
     initial_score: float | None = None
     steps_run: int = 0
     diverged: str | None = None
+    shrink: float = 1.0
 
 
 # ------------------------------------------------------------------------------ batches
@@ -266,9 +267,12 @@ class EMAWeights:
                     p.copy_(raw[n])
 
 
-def _split(n: int, fraction: float, rng: np.random.Generator, cap: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
+           min_val: int = 1) -> tuple[np.ndarray, np.ndarray]:
     perm = rng.permutation(n)
     n_val = min(cap, int(round(n * fraction))) if n >= 20 else 0
+    if n_val < min_val:  # too few to choose anything by: train on all of them instead
+        n_val = 0
     return perm[n_val:], perm[:n_val]
 
 
@@ -570,7 +574,8 @@ class Trainer:
         weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
         labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
-        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries)
+        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries,
+                                min_val=cfg.min_validation_queries)
         train_q, val_q = labeled[train_q], labeled[val_q]
         bs = min(cfg.batch_size, len(train_q))
         n_anchors = len(data.anchors)
@@ -593,5 +598,39 @@ class Trainer:
             return (self.anchors.new_zeros(()) if loss is None else loss), parts
 
         val = (lambda: self.query_ndcg(val_q)) if len(val_q) else None
-        return self._loop(cfg.supervised_steps, step, val, "fit (supervised)",
-                          before_step=remine if cfg.dynamic_negatives else None)
+        steps = cfg.supervised_steps
+        if cfg.supervised_steps_per_query is not None:
+            steps = min(steps, max(1, math.ceil(cfg.supervised_steps_per_query * len(train_q))))
+        start = copy.deepcopy(self.net.state_dict())
+        state = self._loop(steps, step, val, "fit (supervised)", before_step=remine if cfg.dynamic_negatives else None)
+        if state.diverged is None and cfg.supervised_shrink != 1.0:
+            state.shrink = self._shrink_toward(start, cfg.supervised_shrink, val)
+        return state
+
+    SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    @torch.no_grad()
+    def _shrink_toward(self, start: dict, shrink: float | None, val) -> float:
+        """Move the weights back toward ``start``: theta = start + shrink * (now - start).
+
+        Interpolating the raw parameters keeps one network of the same shape (the rotation's
+        skew-symmetric generator interpolates to another rotation). ``shrink=None`` picks the grid
+        value with the best held-out score (ties: the larger shrink, i.e. the trained weights); with
+        no held-out queries it keeps the trained weights. Returns the shrink applied.
+        """
+        end = copy.deepcopy(self.net.state_dict())
+
+        def load(lam: float) -> None:
+            self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
+                                      else end[k] for k in end})
+
+        if shrink is None:
+            if val is None:
+                return 1.0
+            scores = {}
+            for lam in self.SHRINK_GRID:
+                load(lam)
+                scores[lam] = val()
+            shrink = max(self.SHRINK_GRID, key=lambda lam: (scores[lam], lam))
+        load(shrink)
+        return float(shrink)
