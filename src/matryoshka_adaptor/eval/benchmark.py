@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed
+from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed, make_source
 from ..errors import InputError
 from ..validation import check_dims, l2_normalize
 from .datasets import BeirDataset, resolve_dataset
@@ -27,6 +27,8 @@ class BenchmarkConfig:
     dataset: str
     model: str | None = None
     embeddings: str | None = None  # folder with corpus.npy, queries.npy, ids.json
+    embeddings_name: str | None = None  # <dataset>/embeddings/<name>/, else looked up in sibling datasets'
+    provider: str = "sentence-transformers"  # with model: any local source of embed.sources.make_source
     dims: tuple[int, ...] = (16, 32, 64, 128, 256)
     methods: tuple[str, ...] = ("truncate", "pca", "adaptor", "adaptor-supervised")
     seeds: tuple[int, ...] = (0,)
@@ -91,15 +93,26 @@ def _vectors(ds: BeirDataset, cfg: BenchmarkConfig, query_ids: list[str]):
         if missing:
             raise InputError(f"precomputed embeddings in {cfg.embeddings} have no vector for id {missing[0]!r}.")
         return pre.corpus[[pos_c[c] for c in ds.corpus_ids]], pre.queries[[pos_q[q] for q in query_ids]]
+    if cfg.embeddings_name:
+        from .dataset_vectors import find_vectors
+
+        return find_vectors(ds.path, cfg.embeddings_name, ds.corpus_ids, query_ids)
     if not cfg.model:
         raise InputError("give --model NAME_OR_PATH (sentence-transformers) or --embeddings FOLDER.")
-    src = SentenceTransformerSource(cfg.model, cache_path=cfg.cache or default_cache_path())
-    corpus = src.encode(ds.doc_texts(), desc="encoding corpus")
-    queries = src.encode([ds.queries[q] for q in query_ids], desc="encoding queries")
+    cache = cfg.cache or default_cache_path()
+    if cfg.provider == "sentence-transformers":  # as before: no input-type prefix, same cache keys
+        doc_src = query_src = SentenceTransformerSource(cfg.model, cache_path=cache)
+    else:
+        doc_src = make_source(cfg.provider, cfg.model, cache_path=cache, input_type="document")
+        query_src = make_source(cfg.provider, cfg.model, cache_path=cache, input_type="query")
+    corpus = doc_src.encode(ds.doc_texts(), desc="encoding corpus")
+    queries = query_src.encode([ds.queries[q] for q in query_ids], desc="encoding queries")
     return corpus, queries
 
 
-def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
+def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory=None) -> dict:
+    """``method_factory(name) -> Method`` replaces ``make_method`` (e.g. methods fitted on another dataset)."""
+    make = method_factory or make_method
     ds = resolve_dataset(cfg.dataset)
     test_queries = ds.split_queries(cfg.split)
     needs_train = any(m in ("adaptor-supervised", "adaptor-queries", "adaptor-paper-supervised") for m in cfg.methods)
@@ -129,11 +142,11 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
 
     rows, eb_rows = [], []
     methods = ["full"] + [m for m in cfg.methods if m != "full"]
-    jobs = [(m, s) for m in methods for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
+    jobs = [(m, s) for m in methods for s in (cfg.seeds if not make(m).deterministic else cfg.seeds[:1])]
     bar = tqdm(jobs, desc="benchmark", disable=not progress)
     for name, seed in bar:
         bar.set_postfix(method=name, seed=seed)
-        method = make_method(name)
+        method = make(name)
         if hasattr(method, "params"):
             method.params.update(cfg.adaptor_params)
         t0 = time.perf_counter()
@@ -151,7 +164,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
         "dataset": str(ds.path), "dataset_name": ds.name, "split": cfg.split, "train_split": cfg.train_split,
         "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
         "input_dim": d, "dims": list(dims), "methods": methods, "seeds": list(cfg.seeds),
-        "model": cfg.model, "embeddings": cfg.embeddings, "adaptor_params": cfg.adaptor_params,
+        "model": cfg.model, "embeddings": cfg.embeddings or cfg.embeddings_name, "adaptor_params": cfg.adaptor_params,
         "versions": _versions(), "machine": machine_description(),
         "rows": rows, "summary": summarize(rows),
         **({"quantize": list(cfg.quantize), "rescore": list(cfg.rescore), "store": cfg.store,
