@@ -338,6 +338,7 @@ def benchmark(
                                      "adaptor-supervised, adaptor-paper, adaptor-paper-supervised; with several datasets "
                                      "also METHOD-from-NAME: fitted on dataset NAME and applied unchanged to every other."),
     seeds: str = typer.Option("0", help="Seeds for the adaptor methods, e.g. 0,1,2 (mean and spread reported)."),
+    method_seeds: Optional[str] = typer.Option(None, help='JSON: seeds of particular methods instead of --seeds, e.g. \'{"adaptor-supervised": [0]}\'.'),
     split: str = typer.Option("test", help="qrels split to evaluate on."),
     train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
     cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
@@ -364,7 +365,7 @@ def benchmark(
         dataset=str(folders[0]) if folders else specs[0], model=model, provider=provider,
         embeddings=str(embeddings) if embeddings else None, embeddings_name=embeddings_name,
         dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
+        seeds=tuple(_int_list(seeds)), method_seeds=_json_object(method_seeds, "--method-seeds"), split=split, train_split=train_split,
         cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
         quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
         rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,

@@ -76,15 +76,19 @@ def test_pool_vectors_are_assembled_by_id_from_sibling_folders(tmp_path):
 def test_multi_dataset_benchmark_tables_summary_transfer_and_resume(tmp_path, monkeypatch):
     parts = make_family(tmp_path / "data")
     out = tmp_path / "out"
-    cfg = BenchmarkConfig(dataset="", embeddings_name=NAME, dims=(4, 8), seeds=(0,), adaptor_params=PARAMS,
+    cfg = BenchmarkConfig(dataset="", embeddings_name=NAME, dims=(4, 8), seeds=(0, 1), adaptor_params=PARAMS,
                           methods=("truncate", "pca", "adaptor", "adaptor-supervised", "adaptor-from-aa",
-                                   "adaptor-supervised-from-aa"))
+                                   "adaptor-supervised-from-aa"),
+                          method_seeds={"adaptor-supervised": [0], "adaptor-supervised-from-aa": [0]})
     folders = expand_datasets([str(tmp_path / "data" / "*")])
     assert [f.name for f in folders] == ["aa", "bb", "pool"]
     summary = run_multi_benchmark(folders, cfg, out, summary_exclude=("pool",), progress=False)
     for name in ("aa", "bb", "pool"):
         assert (out / name / "results.md").is_file() and (out / name / "ndcg_vs_dim.png").is_file()
     rows = {(r["dataset"], r["method"], r["dim"]): r["ndcg@10"] for r in summary["rows"]}
+    n_seeds = {(r["dataset"], r["method"]): r["n_seeds"] for r in summary["rows"]}
+    assert n_seeds[("bb", "adaptor")] == n_seeds[("bb", "adaptor-from-aa")] == 2
+    assert n_seeds[("pool", "adaptor-supervised")] == n_seeds[("bb", "adaptor-supervised-from-aa")] == 1
     # On its own dataset the transferred adaptor is the in-dataset one (the same fit, reused).
     assert rows[("aa", "adaptor-from-aa", 8)] == rows[("aa", "adaptor", 8)]
     assert rows[("aa", "adaptor-supervised-from-aa", 4)] == rows[("aa", "adaptor-supervised", 4)]
@@ -95,7 +99,9 @@ def test_multi_dataset_benchmark_tables_summary_transfer_and_resume(tmp_path, mo
     lines = (tmp_path / "data" / "bb" / "qrels" / "test.tsv").read_text().splitlines()[1:]
     qrels = {ln.split("\t")[0]: {ln.split("\t")[1]: 1} for ln in lines}
     run = retrieve(est.transform(queries_b[40:], 8), est.transform(corpus_b, 8), test, docs_b)
-    assert rows[("bb", "adaptor-from-aa", 8)] == pytest.approx(evaluate_run(qrels, run)["ndcg@10"], abs=1e-9)
+    bb_rows = json.loads((out / "bb" / "results.json").read_text())["rows"]
+    seed0 = next(r for r in bb_rows if r["method"] == "adaptor-from-aa" and r["seed"] == 0 and r["dim"] == 8)
+    assert seed0["ndcg@10"] == pytest.approx(evaluate_run(qrels, run)["ndcg@10"], abs=1e-9)
     # The pool's full-dim reference is exact search over both languages' stacked vectors.
     assert ("pool", "full", 24) in rows and rows[("pool", "adaptor-from-aa", 8)] > 0
     across = {(e["method"], e["dim"]): e for e in summary["across"]}
@@ -131,6 +137,9 @@ def test_multi_dataset_bad_input_is_one_clear_error(tmp_path):
         run_multi_benchmark([aa, lone], cfg, tmp_path / "o")
     with pytest.raises(InputError, match="fitted on dataset 'aa', which is not among"):
         run_multi_benchmark([bb, tmp_path / "data" / "pool"], cfg, tmp_path / "o")
+    with pytest.raises(InputError, match="--method-seeds names 'adaptor'"):
+        run_multi_benchmark([aa, bb], BenchmarkConfig(dataset="", embeddings_name=NAME, methods=("pca",),
+                                                      method_seeds={"adaptor": [0]}), tmp_path / "o")
     with pytest.raises(InputError, match="matches no folder"):
         expand_datasets([str(tmp_path / "nothing-*")])
     with pytest.raises(InputError, match="--embeddings names one folder"):

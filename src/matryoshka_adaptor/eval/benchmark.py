@@ -32,6 +32,7 @@ class BenchmarkConfig:
     dims: tuple[int, ...] = (16, 32, 64, 128, 256)
     methods: tuple[str, ...] = ("truncate", "pca", "adaptor", "adaptor-supervised")
     seeds: tuple[int, ...] = (0,)
+    method_seeds: dict = field(default_factory=dict)  # method name -> its own seeds (fewer for costly fits)
     split: str = "test"
     train_split: str = "train"
     top_k: int = 100
@@ -142,7 +143,14 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory
 
     rows, eb_rows = [], []
     methods = ["full"] + [m for m in cfg.methods if m != "full"]
-    jobs = [(m, s) for m in methods for s in (cfg.seeds if not make(m).deterministic else cfg.seeds[:1])]
+    bad = {m: v for m, v in cfg.method_seeds.items() if m not in methods or not v
+           or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)}
+    if bad:
+        m = next(iter(bad))
+        raise InputError(f"method seeds for {m!r} ({bad[m]!r}) need a method of this run and a non-empty list of "
+                         f"integers, e.g. {{\"adaptor-supervised\": [0]}}.")
+    seeds_of = {m: tuple(cfg.method_seeds.get(m, cfg.seeds)) for m in methods}
+    jobs = [(m, s) for m in methods for s in (seeds_of[m] if not make(m).deterministic else seeds_of[m][:1])]
     bar = tqdm(jobs, desc="benchmark", disable=not progress)
     for name, seed in bar:
         bar.set_postfix(method=name, seed=seed)
@@ -164,6 +172,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory
         "dataset": str(ds.path), "dataset_name": ds.name, "split": cfg.split, "train_split": cfg.train_split,
         "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
         "input_dim": d, "dims": list(dims), "methods": methods, "seeds": list(cfg.seeds),
+        "method_seeds": {m: list(v) for m, v in cfg.method_seeds.items()},
         "model": cfg.model, "embeddings": cfg.embeddings or cfg.embeddings_name, "adaptor_params": cfg.adaptor_params,
         "versions": _versions(), "machine": machine_description(),
         "rows": rows, "summary": summarize(rows),

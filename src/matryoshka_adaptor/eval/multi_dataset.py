@@ -131,6 +131,9 @@ def run_multi_benchmark(datasets: list[str | Path], cfg: BenchmarkConfig, out_di
     if unknown:
         raise InputError(f"--summary-exclude {unknown[0]!r} is not among the datasets ({', '.join(names)}).")
     transfers = check_methods(cfg.methods, names)
+    stray = [m for m in cfg.method_seeds if m not in cfg.methods]
+    if stray:
+        raise InputError(f"--method-seeds names {stray[0]!r}, which is not in --methods.")
     for p in paths:  # every dataset readable and with vectors, before any fit
         load_beir(p)
         if cfg.embeddings_name:
@@ -159,36 +162,69 @@ def run_multi_benchmark(datasets: list[str | Path], cfg: BenchmarkConfig, out_di
         return make
 
     out = Path(out_dir)
-    order = sources + [n for n in names if n not in sources]  # sources first: their fits are reused
-    results: dict[str, dict] = {}
-    bar = tqdm(order, desc="datasets", disable=not progress)
-    for name in bar:
-        bar.set_postfix(dataset=name)
+    # Two passes: every dataset's cheap methods (baselines, unsupervised, transferred) first, then the
+    # in-dataset supervised fits, the costly part; a summary of everything done is written after each
+    # step, so a run stopped early still leaves every dataset's first pass summarised.
+    costly = [m for m in cfg.methods if m not in transfers and getattr(make_method(m), "supervised", False)]
+    passes = [("1", tuple(m for m in cfg.methods if m not in costly)), ("2", tuple(costly))]
+    order = sources + [n for n in names if n not in sources and n not in summary_exclude] + \
+        [n for n in names if n not in sources and n in summary_exclude]
+    units = [(name, tag, methods) for tag, methods in passes if methods for name in order]
+    parts: dict[str, dict[str, dict]] = {n: {} for n in names}
+    transfer_sources = {m: src for m, (_, src) in transfers.items()}
+    bar = tqdm(units, desc="datasets", disable=not progress)
+    summary: dict = {}
+    for name, tag, methods in bar:
+        bar.set_postfix(dataset=name, part=tag)
         path = paths[names.index(name)]
-        d_cfg = replace(cfg, dataset=str(path))
+        d_cfg = replace(cfg, dataset=str(path), methods=methods,
+                        method_seeds={m: v for m, v in cfg.method_seeds.items() if m in methods})
         run_cfg = _run_config(d_cfg)
-        stored = out / name / "results.json"
+        stored = out / name / f"part-{tag}.json"
+        old = None
         if stored.is_file():
             try:
                 old = json.loads(stored.read_text())
             except (OSError, json.JSONDecodeError):
                 old = None
-            if old is not None and old.get("run_config") == run_cfg:
-                results[name] = old
-                continue
-        result = run_benchmark(d_cfg, progress=progress, method_factory=factory_for(name))
-        result["run_config"] = run_cfg
-        write_report(result, out / name)
-        results[name] = result
-    results = {n: results[n] for n in names}
-    summary = summarize_datasets(results, summary_exclude=summary_exclude, transfer_sources=
-                                 {m: src for m, (_, src) in transfers.items()})
-    summary.update(datasets=names, summary_exclude=list(summary_exclude), methods=list(results[names[0]]["methods"]),
-                   seeds=list(cfg.seeds), dims=sorted({e["dim"] for r in results.values() for e in r["summary"]}),
-                   machine=machine_description(), embeddings_name=cfg.embeddings_name, model=cfg.model,
-                   provider=cfg.provider if cfg.model else None, adaptor_params=cfg.adaptor_params)
-    write_multi_report(summary, results, out)
+        if old is not None and old.get("run_config") == run_cfg:
+            parts[name][tag] = old
+        else:
+            result = run_benchmark(d_cfg, progress=progress, method_factory=factory_for(name))
+            result["run_config"] = run_cfg
+            (out / name).mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(stored, (json.dumps(result, indent=2) + "\n").encode())
+            parts[name][tag] = result
+        merged = _merge_parts(parts[name], cfg)
+        write_report(merged, out / name)
+        results = {n: _merge_parts(parts[n], cfg) for n in names if parts[n]}
+        summary = summarize_datasets(results, summary_exclude=summary_exclude, transfer_sources=transfer_sources)
+        summary.update(datasets=[n for n in names if n in results], summary_exclude=list(summary_exclude),
+                       methods=["full"] + [m for m in cfg.methods if m != "full"], seeds=list(cfg.seeds),
+                       method_seeds={m: list(v) for m, v in cfg.method_seeds.items()},
+                       dims=sorted({e["dim"] for r in results.values() for e in r["summary"]}),
+                       missing=[[n, m] for n in names for m in cfg.methods
+                                if n not in results or m not in results[n]["methods"]],
+                       machine=machine_description(), embeddings_name=cfg.embeddings_name, model=cfg.model,
+                       provider=cfg.provider if cfg.model else None, adaptor_params=cfg.adaptor_params)
+        write_multi_report(summary, results, out)
     return summary
+
+
+def _merge_parts(parts: dict[str, dict], cfg: BenchmarkConfig) -> dict:
+    """One dataset's result from its passes: rows of every method (the full reference once), summary redone."""
+    from .benchmark import summarize
+
+    tags = sorted(parts)
+    merged = dict(parts[tags[0]])
+    rows = list(merged["rows"])
+    for tag in tags[1:]:
+        have = {r["method"] for r in rows}
+        rows += [r for r in parts[tag]["rows"] if r["method"] not in have]
+    present = {r["method"] for r in rows}
+    merged.update(rows=rows, summary=summarize(rows), methods=[m for m in ["full", *cfg.methods] if m in present],
+                  method_seeds={m: list(v) for m, v in cfg.method_seeds.items()}, run_config=None)
+    return merged
 
 
 # ---- summary across datasets -------------------------------------------------------------------
@@ -281,15 +317,19 @@ def summary_markdown(summary: dict) -> str:
     dims = sorted({e["dim"] for e in summary["across"]})
     in_summary = [n for n in summary["datasets"] if n not in summary["summary_exclude"]]
     excl = summary["summary_exclude"]
+    seeds = f"seeds {summary['seeds']}" + "".join(f", {m}: {v}" for m, v in summary.get("method_seeds", {}).items())
     lines = [f"**{metric}, mean and worst over {len(in_summary)} datasets** ({', '.join(in_summary)}"
-             + (f"; not in these: {', '.join(excl)}" if excl else "") + f"; seeds {summary['seeds']}, mean of seeds)",
+             + (f"; not in these: {', '.join(excl)}" if excl else "") + f"; {seeds}; mean of seeds)",
              "", "| method | | " + " | ".join(str(d) for d in dims) + " |",
              "| --- | --- | " + " | ".join("---" for _ in dims) + " |"]
     by = {(e["method"], e["dim"]): e for e in summary["across"]}
     for m in summary["methods"]:
         if not any((m, d) in by for d in dims):
             continue
-        lines.append(f"| {m} | mean | " + " | ".join(_fmt(by[(m, d)]["mean"]) if (m, d) in by else "" for d in dims) + " |")
+        n = max(by[(m, d)]["n_datasets"] for d in dims if (m, d) in by)
+        label = "mean" if n == len(in_summary) else f"mean of {n}"
+        lines.append(f"| {m} | {label} | " + " | ".join(_fmt(by[(m, d)]["mean"]) if (m, d) in by else "" for d in dims)
+                     + " |")
         lines.append(f"| | worst | " + " | ".join(
             f"{_fmt(by[(m, d)]['worst'])} ({by[(m, d)]['worst_dataset']})" if (m, d) in by else "" for d in dims) + " |")
     rows = {(r["dataset"], r["method"], r["dim"]): r for r in summary["rows"]}
@@ -319,6 +359,10 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", "Failures (method below baseline): " + ("none." if not fails else "; ".join(
             f"{c['method']} vs {c['baseline']} at {c['dim']}: " + ", ".join(f"{n} {v:+.4f}" for n, v in c["failures"].items())
             for c in fails) + ".")]
+    if summary.get("missing"):
+        lines += ["", "Not run (dataset: methods): " + "; ".join(
+            f"{n}: {', '.join(m for d, m in summary['missing'] if d == n)}"
+            for n in dict.fromkeys(d for d, _ in summary["missing"])) + "."]
     if summary["full_dim_gaps"]:
         lines += ["", "Largest full-dim difference from the original vectors, every dataset: " + "; ".join(
             f"{g['method']} {g['gap']:+.4f} ({g['dataset']})" for g in summary["full_dim_gaps"]) + "."]
