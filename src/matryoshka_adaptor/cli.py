@@ -379,6 +379,8 @@ def benchmark(
         typer.echo(summary_markdown(summary))
         typer.echo(f"wrote {out}/summary.md, summary.json, summary.csv, ndcg_vs_dim_by_dataset.png and one folder per dataset")
         return
+    if summary_exclude.strip():
+        raise InputError("--summary-exclude applies to a run over several datasets; give more than one --dataset.")
     result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))

@@ -159,3 +159,6 @@ def test_cli_benchmark_over_a_shell_glob_and_its_error_line(tmp_path):
     r = runner.invoke(app, ["benchmark", "--dataset", str(tmp_path / "data" / "aa"), str(tmp_path / "data" / "bb"),
                             "--embeddings-name", "absent-model", "--out", str(tmp_path / "o2"), "-q"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "no precomputed vectors named 'absent-model'" in r.output
+    r = runner.invoke(app, ["benchmark", "--dataset", str(tmp_path / "data" / "aa"), "--embeddings-name", NAME,
+                            "--summary-exclude", "pool", "--out", str(tmp_path / "o3"), "-q"])
+    assert r.exit_code == 2 and "applies to a run over several datasets" in r.output
