@@ -376,7 +376,8 @@ def plot_small_multiples(summary: dict, path: str | Path, metric: str = "ndcg@10
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = summary["datasets"]
+    excl = summary.get("summary_exclude", [])
+    names = [n for n in summary["datasets"] if n not in excl] + [n for n in summary["datasets"] if n in excl]
     methods = [m for m in summary["methods"] if m != "full"]
     ncols = min(ncols, len(names))
     nrows = math.ceil(len(names) / ncols)
@@ -405,11 +406,13 @@ def plot_small_multiples(summary: dict, path: str | Path, metric: str = "ndcg@10
         ax.grid(alpha=0.3)
     for k in range(len(names), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    fig.supxlabel("embedding dimension", fontsize=9)
+    fig.supxlabel("embedding dimension (log scale)", fontsize=9)
     fig.supylabel(metric, fontsize=9)
-    fig.legend(list(handles.values()), [m if m != "full" else "full (original)" for m in handles],
-               loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(handles) / 4), 1, 1))
+    ncol = min(len(handles), 4)
+    top = 1 - (0.25 + 0.22 * math.ceil(len(handles) / ncol)) / fig.get_figheight()
+    fig.legend(list(handles.values()), [m if m != "full" else "full (original vectors)" for m in handles],
+               loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, top))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
