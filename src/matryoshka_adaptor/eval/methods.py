@@ -112,6 +112,49 @@ class Adaptor(Method):
         return self.adaptor_.transform(x, dim)
 
 
+class FittedOn(Method):
+    """A method fitted on another dataset's data and applied unchanged (cross-dataset transfer).
+
+    The fit ignores the target dataset: ``inner`` is fitted on ``source_data`` once per (seed,
+    dims) and kept in ``store`` (a dict shared by every dataset of a run), so one English adaptor
+    serves every language. ``name`` is what tables show (e.g. ``adaptor-from-en``).
+    """
+
+    def __init__(self, inner: str, source_name: str, source_data: FitData, store: dict, *, name: str | None = None,
+                 params: dict | None = None):
+        probe = make_method(inner)
+        self.inner, self.source_name, self.source_data, self.store = inner, source_name, source_data, store
+        self.name = name or f"{inner}-from-{source_name}"
+        self.description = f"{probe.name} fitted on {source_name}, applied unchanged"
+        self.deterministic, self.full_dim_only = probe.deterministic, probe.full_dim_only
+        self.supervised = getattr(probe, "supervised", False)
+        self.inner_params = dict(params or {})
+
+    def fit(self, data, dims, seed):
+        key = (self.source_name, self.inner, seed, tuple(dims), tuple(sorted(self.inner_params.items())))
+        if key not in self.store:
+            method = make_method(self.inner)
+            if hasattr(method, "params"):
+                method.params.update(self.inner_params)
+            self.store[key] = method.fit(self.source_data, dims, seed)
+        self.fitted_ = self.store[key]
+        return self
+
+    def encode(self, x, dim):
+        return self.fitted_.encode(x, dim)
+
+
+TRANSFER_SEPARATOR = "-from-"
+
+
+def split_transfer_name(name: str) -> tuple[str, str] | None:
+    """``"adaptor-supervised-from-en"`` -> ``("adaptor-supervised", "en")``; None for an ordinary name."""
+    if TRANSFER_SEPARATOR not in name:
+        return None
+    inner, source = name.rsplit(TRANSFER_SEPARATOR, 1)
+    return inner, source
+
+
 METHODS = {
     "full": Full,
     "truncate": Truncate,
@@ -130,6 +173,9 @@ METHODS = {
 
 
 def make_method(name: str) -> Method:
+    if name not in METHODS and split_transfer_name(name) is not None:
+        raise InputError(f"method {name!r} is fitted on another dataset: run the benchmark over several datasets, "
+                         f"{split_transfer_name(name)[1]!r} among them.")
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
     return METHODS[name]()
