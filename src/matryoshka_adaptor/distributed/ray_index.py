@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..formats import DEFAULT_EMBEDDING_COLUMN, DEFAULT_ID_COLUMN, _parquet_to_numpy
-from .ray_transform import _check_shard, _connect, _input_error_in, list_shards
+from .ray_transform import _check_shard, _input_error_in, list_shards, ray_session
 
 _ENCODERS: dict[str, object] = {}  # per worker process: weights ref -> NumpyAdaptor, built once
 
@@ -92,15 +92,7 @@ def add_parquet_shards_to_index(
         _check_shard(p, column, index.input_dim)
         if idc not in pq.ParquetFile(p).schema_arrow.names:
             raise InputError(f"{p} has no id column {idc!r}; the index needs one id per row (pass --id-column NAME).")
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError("the Ray engine needs Ray Data: `pip install 'matryoshka-adaptor[ray]'`.") from exc
-    started_ray = _connect(ray_address, num_workers)
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows are committed in shard order, in file order
-        ctx.enable_progress_bars = progress
+    with ray_session(ray_address, num_workers, progress) as ray:  # rows are committed in input order
         weights = None if index.adaptor is None else ray.put(index.adaptor.weights_)
         ds = ray.data.read_parquet([str(p.resolve()) for p in shards]).select_columns([column, idc])
         ds = ds.map_batches(_encode_batch, batch_size=batch_rows, batch_format="pyarrow", num_cpus=1,
@@ -117,9 +109,6 @@ def add_parquet_shards_to_index(
             if cause is not None:
                 raise cause from None
             raise
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 __all__: Sequence[str] = ("add_parquet_shards_to_index",)

@@ -13,6 +13,7 @@ rerun skips those (same row count as the input shard) and redoes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from collections.abc import Sequence
@@ -125,6 +126,25 @@ def _adapt_batch(batch, *, weights_ref, dim: int, input_dim: int, column: str, i
     return _to_table(y, ids).append_column(_PATH_COLUMN, paths.cast(pa.string()))
 
 
+@contextlib.contextmanager
+def ray_session(address: str | None, num_workers: int, progress: bool):
+    """Ray, connected (a local instance with ``num_workers`` CPUs when none is given or running, stopped
+    at the end), with Ray Data set to return rows in input order (shard order, then file order)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("the Ray engine needs Ray Data: `pip install 'matryoshka-adaptor[ray]'`.") from exc
+    started = _connect(address, num_workers)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = progress
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _connect(address: str | None, num_workers: int) -> bool:
     """Connect to Ray; returns True when this call started a local instance (and so must stop it)."""
     import ray
@@ -208,15 +228,7 @@ def transform_parquet_shards(
         report.seconds = time.perf_counter() - started
         return report
 
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError("the Ray engine needs Ray Data: `pip install 'matryoshka-adaptor[ray]'`.") from exc
-    started_ray = _connect(ray_address, num_workers)
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows come back in shard order, in file order
-        ctx.enable_progress_bars = progress
+    with ray_session(ray_address, num_workers, progress) as ray:
         by_name = {str(p.resolve()): p for p in pending}
         ds = ray.data.read_parquet([str(p.resolve()) for p in pending], include_paths=True)
         ds = ds.select_columns([column] + ([idc] if idc else []) + [_PATH_COLUMN])
@@ -263,9 +275,6 @@ def transform_parquet_shards(
             if cause is not None:
                 raise cause from None
             raise
-    finally:
-        if started_ray:
-            ray.shutdown()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -294,4 +303,4 @@ def _input_error_in(exc: BaseException) -> InputError | None:
     return InputError(lines[0].split("InputError: ", 1)[1].strip()) if lines else None
 
 
-__all__: Sequence[str] = ("ShardReport", "list_shards", "transform_parquet_shards")
+__all__: Sequence[str] = ("ShardReport", "list_shards", "ray_session", "transform_parquet_shards")
