@@ -134,7 +134,7 @@ def plot_label_curve(result: dict, path, metric: str = "ndcg@10"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..formats import atomic_path
+    from .report import save_png
 
     summary = result["summary"]
     dims = sorted({e["dim"] for e in summary if e.get("labels") is not None})
@@ -166,7 +166,4 @@ def plot_label_curve(result: dict, path, metric: str = "ndcg@10"):
     fig.suptitle(f"{result['dataset_name']} ({result['split']}): label efficiency, seeds {result['seeds']}",
                  fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

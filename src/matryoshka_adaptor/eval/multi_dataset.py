@@ -23,7 +23,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..formats import atomic_path
 from ..persistence import atomic_write_bytes
 from .benchmark import BenchmarkConfig, machine_description, run_benchmark
 from .datasets import load_beir
@@ -376,6 +375,8 @@ def plot_small_multiples(summary: dict, path: str | Path, metric: str = "ndcg@10
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import save_png
+
     excl = summary.get("summary_exclude", [])
     names = [n for n in summary["datasets"] if n not in excl] + [n for n in summary["datasets"] if n in excl]
     methods = [m for m in summary["methods"] if m != "full"]
@@ -413,10 +414,7 @@ def plot_small_multiples(summary: dict, path: str | Path, metric: str = "ndcg@10
     fig.legend(list(handles.values()), [m if m != "full" else "full (original vectors)" for m in handles],
                loc="upper center", bbox_to_anchor=(0.5, 1.0), ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, top))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def write_multi_report(summary: dict, results: dict[str, dict], out_dir: str | Path) -> dict[str, Path]:

@@ -13,6 +13,16 @@ from ..formats import atomic_path
 from ..persistence import atomic_write_bytes
 
 
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it (every plot of the reports)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
 def markdown_table(result: dict, metric: str = "ndcg@10") -> str:
     summary = result["summary"]
     dims = sorted({e["dim"] for e in summary})
@@ -65,10 +75,7 @@ def plot_ndcg_vs_dim(result: dict, path: str | Path, metric: str = "ndcg@10") ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -255,7 +262,4 @@ def plot_ndcg_vs_bytes(result: dict, path: str | Path, metric: str = "ndcg@10", 
     fig.suptitle(f"{result['dataset_name']} ({result['split']}): {metric} vs bytes/vector, seeds {result['seeds']}",
                  fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)
