@@ -357,9 +357,8 @@ def benchmark(
     """
     from .eval.benchmark import BenchmarkConfig, run_benchmark
     from .eval.label_curve import parse_label_counts
-    from .eval.report import markdown_table, write_report
-
     from .eval.multi_dataset import expand_datasets, run_multi_benchmark
+    from .eval.report import markdown_table, write_report
 
     specs = list(dataset) + list(more_datasets or [])
     folders = expand_datasets(specs) if len(specs) > 1 or any(c in specs[0] for c in "*?[") else None
@@ -375,6 +374,9 @@ def benchmark(
     )
     if folders is not None and len(folders) > 1:
         from .eval.multi_dataset import summary_markdown
+
+        if cfg.labels:
+            raise InputError("--labels draws a label curve on one dataset; run it once per dataset (one --dataset).")
 
         summary = run_multi_benchmark(folders, cfg, out, progress=not quiet,
                                       summary_exclude=tuple(n.strip() for n in summary_exclude.split(",") if n.strip()))

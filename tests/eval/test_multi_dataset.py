@@ -162,3 +162,8 @@ def test_cli_benchmark_over_a_shell_glob_and_its_error_line(tmp_path):
     r = runner.invoke(app, ["benchmark", "--dataset", str(tmp_path / "data" / "aa"), "--embeddings-name", NAME,
                             "--summary-exclude", "pool", "--out", str(tmp_path / "o3"), "-q"])
     assert r.exit_code == 2 and "applies to a run over several datasets" in r.output
+    r = runner.invoke(app, ["benchmark", "--dataset", str(tmp_path / "data" / "aa"), str(tmp_path / "data" / "bb"),
+                            "--embeddings-name", NAME, "--methods", "pca,adaptor-supervised", "--labels", "5",
+                            "--out", str(tmp_path / "o4"), "-q"])
+    assert r.exit_code == 2 and "--labels draws a label curve on one dataset" in r.output
+    assert not (tmp_path / "o4").exists()  # refused before any work
