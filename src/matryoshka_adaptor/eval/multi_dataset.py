@@ -11,9 +11,7 @@ and ``ndcg_vs_dim_by_dataset.png`` (one panel per dataset).
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import math
 from dataclasses import asdict, replace
@@ -420,19 +418,15 @@ def plot_small_multiples(summary: dict, path: str | Path, metric: str = "ndcg@10
 def write_multi_report(summary: dict, results: dict[str, dict], out_dir: str | Path) -> dict[str, Path]:
     """``summary.md`` (summary, comparisons, and every dataset's table), ``summary.json``, ``summary.csv``
     (one row per dataset, method and dim) and ``ndcg_vs_dim_by_dataset.png``."""
-    from .report import markdown_table
+    from .report import markdown_table, write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "summary.md", "json": out / "summary.json", "csv": out / "summary.csv",
              "png": out / "ndcg_vs_dim_by_dataset.png"}
     atomic_write_bytes(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())
-    buf = io.StringIO()
     metric = summary["metric"]
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "method", "dim", "n_seeds", metric, f"{metric}_std"])
-    writer.writeheader()
-    writer.writerows(summary["rows"])
-    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    write_csv(paths["csv"], ["dataset", "method", "dim", "n_seeds", metric, f"{metric}_std"], summary["rows"])
     m = summary["machine"]
     md = [f"# {metric} by dimension over {len(results)} datasets", "", summary_markdown(summary), "",
           "## Per dataset", ""]

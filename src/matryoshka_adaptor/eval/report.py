@@ -14,6 +14,15 @@ from ..persistence import atomic_write_bytes
 
 
 
+def write_csv(path: str | Path, fields: list[str], rows, *, extrasaction: str = "raise") -> None:
+    """``rows`` (dicts) as CSV with a header of ``fields``, written atomically (every table of the reports)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction=extrasaction)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
 def save_png(fig, path: str | Path) -> Path:
     """Write a matplotlib figure to ``path`` as PNG, atomically, and close it (every plot of the reports)."""
     import matplotlib.pyplot as plt
@@ -84,13 +93,9 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md",
              "png": out / "ndcg_vs_dim.png"}
     atomic_write_bytes(paths["json"], (json.dumps(result, indent=2) + "\n").encode())
-    buf = io.StringIO()
     fields = ["method", "dim", "n_seeds", "ndcg@10", "ndcg@10_std", "recall@100", "recall@100_std", "mrr@10",
               "mrr@10_std", "fit_seconds"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(result["summary"])
-    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    write_csv(paths["csv"], fields, result["summary"], extrasaction="ignore")
     md = [f"# {result['dataset_name']}: nDCG@10 by dimension ({result['split']} split)", "",
           markdown_table(result), "", f"Seeds: {result['seeds']}. Machine: {result['machine']['cpu']} "
           f"({result['machine']['cores']} cores), GPU: {result['machine']['gpu']}.", ""]
@@ -109,13 +114,9 @@ def write_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
         paths["equal_bytes_csv"] = out / "equal_bytes.csv"
         paths["equal_bytes_md"] = out / "equal_bytes.md"
         paths["equal_bytes_png"] = out / "ndcg_vs_bytes.png"
-        buf = io.StringIO()
         fields = ["method", "dim", "precision", "bytes", "shortlist", "rescore_with", "n_seeds", "ndcg@10",
                   "ndcg@10_std", "recall@100", "recall@100_std", "mrr@10", "mrr@10_std"]
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(result["equal_bytes_summary"])
-        atomic_write_bytes(paths["equal_bytes_csv"], buf.getvalue().encode())
+        write_csv(paths["equal_bytes_csv"], fields, result["equal_bytes_summary"], extrasaction="ignore")
         md = [f"# {result['dataset_name']}: nDCG@10 at equal bytes ({result['split']} split, store: "
               f"{result['store']})", "", equal_bytes_tables(result), "", "**Every configuration**", "",
               equal_bytes_full_table(result), "", f"Seeds: {result['seeds']}. Machine: {result['machine']['cpu']} "
