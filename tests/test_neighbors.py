@@ -104,6 +104,36 @@ def test_fit_with_whole_corpus_neighbours_trains_on_sample_plus_neighbour_rows()
         MatryoshkaAdaptor(max_fit_vectors=100, neighbors_from="all", progress=False).fit(x)
 
 
+def test_whole_corpus_neighbours_with_a_fixed_start_train_on_rows_rotated_once(monkeypatch):
+    """With a fixed PCA start the training rows are rotated after whole-corpus mining: the table, its
+    leading anchors (the sample) and the query anchors all in the rotated space, and consistent."""
+    import matryoshka_adaptor.nn.training as training
+    from matryoshka_adaptor import MatryoshkaAdaptor
+
+    seen = {}
+    original = training.Trainer.__init__
+
+    def capture(self, net, dims, config, data, **kw):
+        seen["data"], seen["rotation"] = data, net.rotation.numpy()
+        original(self, net, dims, config, data, **kw)
+
+    monkeypatch.setattr(training.Trainer, "__init__", capture)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((900, 24)).astype(np.float32)
+    q = rng.standard_normal((40, 24)).astype(np.float32)
+    MatryoshkaAdaptor(dims=(8, 24), steps=2, max_fit_vectors=100, neighbors_from="corpus", learn_rotation=False,
+                      progress=False, device="cpu").fit(x, q)
+    data, rot = seen["data"], seen["rotation"]
+    n = data.n_corpus_anchors
+    assert n == 100 and len(data.anchors) == 140 and len(data.corpus) > 100
+    np.testing.assert_array_equal(data.anchors[:n], data.corpus[:n])
+    unit_q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    np.testing.assert_allclose(data.anchors[n:], unit_q @ rot, atol=1e-5)
+    unit_x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rows = [np.flatnonzero(np.all(np.isclose(unit_x @ rot, r, atol=1e-5), axis=1)) for r in data.corpus[:5]]
+    assert all(len(r) == 1 for r in rows)  # each training row is one corpus row, rotated
+
+
 def _pca_ordered(n, d, seed=0):
     """Unit vectors whose coordinate energy decays like a PCA-rotated embedding's."""
     rng = np.random.default_rng(seed)

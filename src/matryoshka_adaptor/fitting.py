@@ -205,9 +205,11 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         sample_rows=rows, pca_ordered=rotate_first)
     data = assemble_training_data(inputs, rows, queries, nb)
     if fixed_start and not rotate_first:
-        data = dataclasses.replace(data, corpus=rotate_rows(data.corpus, rotation),
-                                   anchors=rotate_rows(data.anchors, rotation),
-                                   queries=rotate_rows(data.queries, rotation))
+        # The leading anchors are the table's first rows (the sample): rotated once, with the table.
+        corpus_rot, n = rotate_rows(data.corpus, rotation), data.n_corpus_anchors
+        data = dataclasses.replace(
+            data, corpus=corpus_rot, queries=rotate_rows(data.queries, rotation),
+            anchors=np.concatenate([corpus_rot[:n], rotate_rows(data.anchors[n:], rotation)]))
     mining_seconds = time.perf_counter() - started
 
     net = AdaptorNet(d, hidden, config.depth, None if rotation is None else torch.from_numpy(rotation),
