@@ -13,7 +13,6 @@ articles rather than the task. The positional argument is a Python keyword list 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka_adaptor import MatryoshkaAdaptor
+from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
@@ -37,16 +37,15 @@ def main() -> None:
     params = eval(f"dict({args.params})")  # a benchmark script's own command line, as in ablation_dev.py
     folder = Path(args.data_dir) / "xquad-r" / args.lang
     ds = load_beir(folder)
-    emb = folder / "embeddings" / "multilingual-e5-small-q4"
-    corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-    ids = json.loads((emb / "ids.json").read_text())
-    cid, qpos = ids["corpus_ids"], {q: i for i, q in enumerate(ids["query_ids"])}
+    pre = load_precomputed(folder / "embeddings" / "multilingual-e5-small-q4")
+    corpus, queries, cid = pre.corpus, pre.queries, pre.corpus_ids
+    qpos = {q: i for i, q in enumerate(pre.query_ids)}
     train, test = ds.qrels["train"], ds.qrels["test"]
-    train_q = [q for q in ids["query_ids"] if q in train]
+    train_q = [q for q in pre.query_ids if q in train]
     perm = np.random.default_rng(123).permutation(len(train_q))
     cut = int(0.7 * len(train_q))
     fit_q, dev_q = [train_q[i] for i in perm[:cut]], [train_q[i] for i in perm[cut:]]
-    test_q = [q for q in ids["query_ids"] if q in test]
+    test_q = [q for q in pre.query_ids if q in test]
 
     def vecs(qs):
         return queries[[qpos[q] for q in qs]]
