@@ -145,6 +145,24 @@ class Dims(Constraint):
         return "positive integers, e.g. (32, 64, 128)"
 
 
+@dataclass(frozen=True)
+class AnyOf(Constraint):
+    """A value that passes one of several constraints (the first that accepts it normalises it)."""
+
+    options: tuple[Constraint, ...]
+
+    def check(self, value):
+        for option in self.options:
+            try:
+                return option.check(value)
+            except (_Bad, TypeError, ValueError):
+                continue
+        raise _Bad
+
+    def describe(self) -> str:
+        return " or ".join(o.describe() for o in self.options)
+
+
 def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = False) -> Any:
     """A config field: its default, its constraint, its documentation; ``optional`` allows None."""
     return field(default=default, metadata={"constraint": constraint, "doc": doc, "optional": optional})
@@ -155,6 +173,7 @@ def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = Fa
 NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
 NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
+VALIDATION_SPLITS = ("random", "topic")
 RECIPE_NAMES = ("default", "paper")
 
 
@@ -205,7 +224,11 @@ class AdaptorConfig:
     query_fraction: float = param(0.25, Interval(float, 0, 1),
                                   "Minimum share of query anchors per batch in an unsupervised fit with queries "
                                   "(0: uniform; supervised fits always draw uniformly).")
-    use_queries: bool = param(True, Boolean(), "Let the unsupervised losses also see query vectors (no labels).")
+    use_queries: bool | str = param(
+        True, AnyOf((Boolean(), Options(("validated",)))),
+        "Let the unsupervised losses also see query vectors (no labels). 'validated' (supervised fits): run "
+        "stage 1 with and without them and keep the one better on the held-out labelled queries (fits without "
+        "held-out queries use them).")
     # Supervised stage (stage 2)
     gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
     supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
@@ -225,10 +248,10 @@ class AdaptorConfig:
         None, Interval(float, 0, open_low=True),
         "Cap stage 2 at this many steps per labelled training query (few labels: fewer steps, so the fit stays "
         "near the unsupervised start; None: supervised_steps only).", optional=True)
-    supervised_shrink: float | None = param(
-        1.0, Interval(float, 0, 1),
+    supervised_shrink: float | str = param(
+        1.0, AnyOf((Interval(float, 0, 1), Options(("validated",)))),
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
-        "trained; None: chosen from 0, 0.25, ..., 1 on the held-out labelled queries).", optional=True)
+        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries).")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")
@@ -238,6 +261,10 @@ class AdaptorConfig:
     # Validation, early stopping and the divergence guard
     validation_fraction: float = param(0.1, Interval(float, 0, 1, open_high=True),
                                        "Share of anchors / labelled queries held out for validation.")
+    validation_split: str = param(
+        "random", Options(VALIDATION_SPLITS),
+        "How stage 2 holds labelled queries out: 'random', or 'topic' (whole k-means clusters of the query "
+        "vectors, so early stopping and the validated shrink see topics stage 2 did not train on).")
     max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
     max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
     min_validation_queries: int = param(

@@ -199,7 +199,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     if rotate_first:
         sample, queries = rotate_rows(sample, rotation), rotate_rows(queries, rotation)
     nb = mine_training_neighbors(
-        sample, queries, min(config.k, len(sample) - 1), use_queries=config.use_queries,
+        sample, queries, min(config.k, len(sample) - 1), use_queries=bool(config.use_queries),
         hard_negatives=config.hard_negatives if inputs.supervised else 0, method=config.neighbor_search,
         progress=config.progress, seed=config.seed, device=device, whole_corpus=whole_corpus,
         sample_rows=rows, pca_ordered=rotate_first)
@@ -216,17 +216,20 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
                      learn_rotation=config.learn_rotation, rotation_dims=rotation_dims,
                      residual_dims=residual_dims, prerotated=fixed_start)
     trainer = Trainer(net, inputs.dims, config, data, device=device)
-    stage1 = trainer.fit_unsupervised()
+    stage1 = trainer.fit_stage_one()
     history = {"unsupervised": stage1.history}
     summary = {"unsupervised": {"steps_run": stage1.steps_run, "val_neighbor_recall_start": stage1.initial_score,
                                 "val_neighbor_recall_end": stage1.history[-1]["val"] if stage1.history else None}}
+    if stage1.query_choice is not None:
+        summary["unsupervised"]["queries"] = stage1.query_choice
     if stage1.diverged:
         summary["unsupervised"]["diverged"] = stage1.diverged
     if inputs.supervised:
         stage2 = trainer.fit_supervised()
         history["supervised"] = stage2.history
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
-                                 "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink}
+                                 "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink,
+                                 "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
         if stage2.diverged:
             summary["supervised"]["diverged"] = stage2.diverged
 

@@ -191,7 +191,7 @@ def test_supervised_shrink_interpolates_between_the_stage_one_and_stage_two_weig
 def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
     torch.manual_seed(0)
     net = AdaptorNet(8, 8)
-    cfg = config(supervised_steps=60, supervised_shrink=None, validation_fraction=0.3, batch_size=8,
+    cfg = config(supervised_steps=60, supervised_shrink="validated", validation_fraction=0.3, batch_size=8,
                  dynamic_negatives=0, eval_every=10, lr=1e-2, supervised_beta=0, listwise_weight=0,
                  min_validation_queries=1)
     t = Trainer(net, (2, 8), cfg, _labelled_problem(30))
@@ -214,7 +214,17 @@ def test_shrink_and_step_cap_are_validated_parameters():
         config(supervised_shrink=1.5)
     with pytest.raises(InputError, match="supervised_steps_per_query=0 is not valid"):
         config(supervised_steps_per_query=0)
-    assert config(supervised_shrink=None).supervised_shrink is None
+    with pytest.raises(InputError, match="supervised_shrink='best' is not valid"):
+        config(supervised_shrink="best")
+    assert config(supervised_shrink="validated").supervised_shrink == "validated"
+    assert config(supervised_shrink=1).supervised_shrink == 1.0
+
+
+def test_validated_shrink_is_reachable_from_the_estimator():
+    # None means "unset" for an estimator parameter, so the validated shrink needs its own value.
+    from matryoshka_adaptor import MatryoshkaAdaptor
+
+    assert MatryoshkaAdaptor(supervised_shrink="validated").resolved_settings().supervised_shrink == "validated"
 
 
 def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
@@ -230,3 +240,109 @@ def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
         seen.append((calls, state.steps_run))
     assert seen[0][0] and set(seen[0][0]) == {3}  # 10 % of 30 queries held out and validated on
     assert seen[1] == ([], 20)  # 3 < 5: no holdout, no validation, every step run
+
+
+def _topic_problem(n_topics=4, per_topic=30, seed=0):
+    """Labelled queries in ``n_topics`` tight, well-separated groups (each near its own axis)."""
+    rng = np.random.default_rng(seed)
+    corpus = rng.standard_normal((120, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    topic = np.repeat(np.arange(n_topics), per_topic)
+    queries = np.eye(8, dtype=np.float32)[topic] + 0.05 * rng.standard_normal((len(topic), 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    positives = [[(int(i), 1.0)] for i in rng.integers(0, 120, len(topic))]
+    return data_for(corpus, queries=queries, positives=positives), topic
+
+
+def test_topic_validation_split_holds_out_whole_topics():
+    data, topic = _topic_problem()
+    held = {}
+    for split in ("random", "topic"):
+        cfg = config(supervised_steps=10, validation_fraction=0.2, min_validation_queries=1, batch_size=8,
+                     dynamic_negatives=0, eval_every=5, validation_split=split, seed=3)
+        t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data)
+        t.query_ndcg = lambda q, k=10, split=split: held.setdefault(split, np.asarray(q)) is None or 0.5
+        t.fit_supervised()
+    topics_held = set(topic[held["topic"]])
+    # whole topics: every query of a held-out topic is held out, and at least 20 % of the queries
+    assert set(held["topic"]) == set(np.flatnonzero(np.isin(topic, list(topics_held))))
+    assert len(held["topic"]) >= 0.2 * len(topic) and len(topics_held) < 4
+    # a random split of the same size cuts across the topics instead
+    assert len(held["random"]) == 24 and len(set(topic[held["random"]])) > 1
+    assert not set(held["random"]) == set(np.flatnonzero(np.isin(topic, list(set(topic[held["random"]])))))
+
+
+def test_topic_validation_split_is_a_validated_option():
+    import pytest
+
+    from matryoshka_adaptor.errors import InputError
+
+    with pytest.raises(InputError, match="validation_split='article' is not valid"):
+        config(validation_split="article")
+
+
+def _with_query_anchors(data):
+    """The same problem with every query also an (unlabelled) anchor after the corpus rows."""
+    rng = np.random.default_rng(1)
+    anchors = np.concatenate([data.corpus, data.queries])
+    nb_idx = rng.integers(0, len(data.corpus), (len(anchors), 3))
+    nb_sims = np.sort(rng.random((len(anchors), 3)).astype(np.float32), axis=1)[:, ::-1].copy()
+    return data_for(data.corpus, queries=data.queries, positives=data.positives, anchors=anchors,
+                    n_corpus_anchors=len(data.corpus), nb_idx=nb_idx, nb_sims=nb_sims)
+
+
+def _recording_trainer(cfg, data, scripted=()):
+    """A trainer that records every anchor id a batch draws and, for the first validations, returns
+    the ``scripted`` scores instead of the real held-out nDCG."""
+    torch.manual_seed(0)
+    t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data)
+    drawn, scores = [], list(scripted)
+    batch, ndcg = t.unsupervised_batch, t.query_ndcg
+    t.unsupervised_batch = lambda ids, w: drawn.append(ids.numpy().copy()) or batch(ids, w)
+    t.query_ndcg = lambda q, k=10: scores.pop(0) if scores else ndcg(q, k)
+    return t, drawn
+
+
+def test_held_out_queries_are_never_anchors_and_validated_queries_keep_the_better_stage_one():
+    data, _ = _topic_problem()
+    data = _with_query_anchors(data)
+    n_corpus = data.n_corpus_anchors
+    for scripted, kept in (((0.9, 0.1), "with queries"), ((0.1, 0.9), "corpus only")):
+        cfg = config(steps=6, supervised_steps=6, validation_fraction=0.2, min_validation_queries=1, batch_size=16,
+                     dynamic_negatives=0, eval_every=3, validation_split="topic", use_queries="validated", seed=0)
+        t, drawn = _recording_trainer(cfg, data, scripted)
+        first = t.fit_stage_one()
+        stage_one_draws = len(drawn)
+        t.fit_supervised()
+        val_anchor_ids = set((n_corpus + t.labelled_split()[1]).tolist())
+        assert first.query_choice["kept"] == kept
+        assert first.query_choice["val_ndcg@10_with_queries"] == scripted[0]
+        # stage 1 ran twice (with and without query anchors), the second run on corpus rows only
+        assert stage_one_draws == 12
+        assert all((ids < n_corpus).all() for ids in drawn[6:12])
+        assert any((ids >= n_corpus).any() for ids in drawn[:6])
+        # held-out queries are anchors in neither stage; stage 2 draws queries only if stage 1 kept them
+        assert not val_anchor_ids & set(np.concatenate(drawn).tolist())
+        assert any((ids >= n_corpus).any() for ids in drawn[12:]) == (kept == "with queries")
+    # the kept weights are the chosen run's: with queries -> the first run's weights, not the second's
+    cfg = config(steps=6, validation_fraction=0.2, min_validation_queries=1, batch_size=16, dynamic_negatives=0,
+                 validation_split="topic", use_queries=True, seed=0)
+    t, _ = _recording_trainer(cfg, data)
+    t.fit_stage_one()
+    plain = _params(t.net)
+    cfg = cfg.replace(use_queries="validated")
+    t, _ = _recording_trainer(cfg, data, (0.9, 0.1))
+    t.fit_stage_one()
+    assert all(torch.equal(plain[k], v) for k, v in _params(t.net).items())
+
+
+def test_validated_queries_without_a_holdout_is_the_plain_fit():
+    data = _with_query_anchors(_labelled_problem(12))
+    runs = []
+    for use in (True, "validated"):
+        cfg = config(steps=6, validation_fraction=0.1, batch_size=8, dynamic_negatives=0, use_queries=use, seed=0)
+        t, drawn = _recording_trainer(cfg, data)
+        state = t.fit_stage_one()
+        runs.append((_params(t.net), len(drawn), state.query_choice))
+    assert runs[1][1] == runs[0][1] == 6 and runs[1][2] is None  # one stage-1 run, nothing to choose by
+    assert all(torch.equal(runs[0][0][k], v) for k, v in runs[1][0].items())

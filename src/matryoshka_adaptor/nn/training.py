@@ -92,6 +92,8 @@ class TrainState:
     steps_run: int = 0
     diverged: str | None = None
     shrink: float = 1.0
+    initial_by_dim: dict | None = None  # stage 2: held-out nDCG@10 per dim before its first step
+    query_choice: dict | None = None  # use_queries="validated": both stage-1 scores and the one kept
 
 
 # ------------------------------------------------------------------------------ batches
@@ -276,6 +278,34 @@ def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
     return perm[n_val:], perm[:n_val]
 
 
+QUERIES_PER_TOPIC = 25  # ~one XQuAD-R article's questions per cluster (docs/ablations.md)
+MAX_TOPICS = 64
+
+
+def _topic_split(vectors: np.ndarray, fraction: float, rng: np.random.Generator, cap: int,
+                 min_val: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_split`, but holds out whole topics: k-means clusters of ``vectors`` (unit rows),
+    taken in random order until ``fraction`` of the rows (at most ``cap``) are held out."""
+    from sklearn.cluster import KMeans
+
+    n = len(vectors)
+    n_target = min(cap, int(round(n * fraction))) if n >= 20 else 0
+    if n_target < min_val:
+        return rng.permutation(n), np.zeros(0, dtype=np.int64)
+    n_topics = int(np.clip(n // QUERIES_PER_TOPIC, 2, MAX_TOPICS))
+    topic = KMeans(n_topics, n_init=4, random_state=seed).fit_predict(vectors.astype(np.float64))
+    held = []
+    for t in rng.permutation(n_topics):
+        if sum(map(len, held)) >= n_target:
+            break
+        held.append(np.flatnonzero(topic == t))
+    val = np.concatenate(held)
+    if len(val) == n:  # one cluster held everything: nothing left to train on
+        return rng.permutation(n), np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(n), val)
+    return rng.permutation(train), val
+
+
 class Trainer:
     """Runs the optimisation of an ``AdaptorNet``; one instance per fit.
 
@@ -316,6 +346,9 @@ class Trainer:
         self.neighbor_sims = self._t(data.neighbor_sims)
         self.queries = self._t(data.queries) if data.queries is not None else None
         self._dynamic_hard: np.ndarray | None = None
+        self._labelled_split: tuple[np.ndarray, np.ndarray] | None = None
+        self._corpus_anchors_only = False
+        self.last_val_by_dim: dict | None = None
 
     # ----------------------------------------------------------------- helpers
     def _t(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -450,6 +483,7 @@ class Trainer:
             dcg = (gains.gather(1, top) * discount[: top.shape[1]]).sum(1)
             scores.append((dcg / ideal.clamp_min(1e-12)).mean().item())
         self.net.train()
+        self.last_val_by_dim = dict(zip(self.dims, scores))
         return float(np.mean(scores))
 
     @torch.no_grad()
@@ -480,8 +514,10 @@ class Trainer:
         state = TrainState()
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = copy.deepcopy(self.net.state_dict())
+        self.last_val_by_dim = None
         state.best_score = val_fn() if val_fn else -math.inf
         state.initial_score = state.best_score if val_fn else None
+        state.initial_by_dim = self.last_val_by_dim
         collapse_below = (cfg.collapse_fraction * state.initial_score
                           if val_fn and cfg.collapse_fraction and state.initial_score > 0 else None)
         bad_evals = 0
@@ -518,6 +554,8 @@ class Trainer:
                         best = copy.deepcopy(self.net.state_dict())
                 state.history.append({"step": step, "loss": float(loss.item()), "val": score,
                                       **{k: float(v.item()) for k, v in parts.items()}})
+                if self.last_val_by_dim is not None:  # query nDCG: per dim too, to see where a fit wins
+                    state.history[-1]["val_by_dim"] = self.last_val_by_dim
                 if not math.isfinite(score) or not self._weights_finite():
                     state.diverged = f"the weights became non-finite by step {step}"
                     break
@@ -547,12 +585,73 @@ class Trainer:
             state.best_step = state.steps_run
         return state
 
-    def fit_unsupervised(self) -> TrainState:
-        """Stage 1: the unsupervised terms for ``config.steps`` steps."""
-        cfg, data = self.config, self.data
+    def labelled_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, held-out) labelled query indices, drawn once per fit (own random stream).
+
+        Held-out queries are kept out of training altogether: out of stage 2's batches and out of
+        both stages' query anchors, so they stand for queries the fit has never seen.
+        """
+        if self._labelled_split is None:
+            cfg, data = self.config, self.data
+            rng = np.random.default_rng([cfg.seed, 2])
+            labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
+            if cfg.validation_split == "topic":
+                train_q, val_q = _topic_split(data.queries[labeled], cfg.validation_fraction, rng,
+                                              cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries,
+                                              seed=cfg.seed)
+            else:
+                train_q, val_q = _split(len(labeled), cfg.validation_fraction, rng,
+                                        cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
+            self._labelled_split = labeled[train_q], labeled[val_q]
+        return self._labelled_split
+
+    def _anchor_ids(self, corpus_only: bool) -> np.ndarray:
+        """Anchor ids training may draw: corpus rows, plus the query anchors not held out."""
+        data = self.data
+        ids = np.arange(len(data.anchors))
+        if corpus_only:
+            return ids[: data.n_corpus_anchors]
+        if data.supervised and len(data.anchors) > data.n_corpus_anchors:
+            ids = np.setdiff1d(ids, data.n_corpus_anchors + self.labelled_split()[1])
+        return ids
+
+    def fit_stage_one(self) -> TrainState:
+        """Stage 1, with ``use_queries="validated"`` run with and without the query anchors.
+
+        The two starts are scored (nDCG@10 over the dims) on the held-out labelled queries and the
+        better one is kept (ties: with queries). Unlabelled queries help where future queries look
+        like them, and pull the small prefixes toward their topics where they do not
+        (docs/ablations.md); only queries the fit has not seen can tell which.
+        """
+        data = self.data
+        has_query_anchors = len(data.anchors) > data.n_corpus_anchors
+        if not (self.config.use_queries == "validated" and data.supervised and has_query_anchors
+                and len(self.labelled_split()[1])):
+            return self.fit_unsupervised()
+        val_q = self.labelled_split()[1]
+        start = copy.deepcopy(self.net.state_dict())
+        with_queries = self.fit_unsupervised()
+        score_with, weights_with = self.query_ndcg(val_q), copy.deepcopy(self.net.state_dict())
+        self.net.load_state_dict(start)
+        corpus_only = self.fit_unsupervised(corpus_only=True)
+        score_without = self.query_ndcg(val_q)
+        keep_queries = score_with >= score_without
+        state = with_queries if keep_queries else corpus_only
+        if keep_queries:
+            self.net.load_state_dict(weights_with)
+        self._corpus_anchors_only = not keep_queries
+        state.query_choice = {"val_ndcg@10_with_queries": score_with, "val_ndcg@10_corpus_only": score_without,
+                              "kept": "with queries" if keep_queries else "corpus only"}
+        return state
+
+    def fit_unsupervised(self, *, corpus_only: bool = False) -> TrainState:
+        """Stage 1: the unsupervised terms for ``config.steps`` steps (``corpus_only``: no query anchors)."""
+        cfg = self.config
         weights = stage_weights(cfg, 1)
-        train_ids, val_ids = _split(len(data.anchors), cfg.validation_fraction, self.rng,
+        anchor_ids = self._anchor_ids(corpus_only)
+        train_ids, val_ids = _split(len(anchor_ids), cfg.validation_fraction, self.rng,
                                     cap=cfg.max_validation_anchors)
+        train_ids, val_ids = anchor_ids[train_ids], anchor_ids[val_ids]
         val_t = self._t(val_ids, torch.long)
         draw = self._anchor_sampler(train_ids, min(cfg.batch_size, len(train_ids)), cfg.query_fraction)
         unsupervised = [t for t in LOSS_TERMS if not t.supervised]
@@ -573,14 +672,11 @@ class Trainer:
             raise ValueError("fit_supervised needs TrainingData with queries and positives")
         weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
-        labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
-        train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng, cap=cfg.max_validation_queries,
-                                min_val=cfg.min_validation_queries)
-        train_q, val_q = labeled[train_q], labeled[val_q]
+        train_q, val_q = self.labelled_split()
         bs = min(cfg.batch_size, len(train_q))
-        n_anchors = len(data.anchors)
+        anchor_ids = self._anchor_ids(self._corpus_anchors_only)
         # Uniform anchors here: a raised query share lowered dev nDCG in this stage (docs/ablations.md).
-        draw_anchors = self._anchor_sampler(np.arange(n_anchors), min(cfg.batch_size, n_anchors), 0.0)
+        draw_anchors = self._anchor_sampler(anchor_ids, min(cfg.batch_size, len(anchor_ids)), 0.0)
         supervised = [t for t in LOSS_TERMS if t.supervised]
         unsupervised = [t for t in LOSS_TERMS if not t.supervised]
 
@@ -610,11 +706,11 @@ class Trainer:
     SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
     @torch.no_grad()
-    def _shrink_toward(self, start: dict, shrink: float | None, val) -> float:
+    def _shrink_toward(self, start: dict, shrink: float | str, val) -> float:
         """Move the weights back toward ``start``: theta = start + shrink * (now - start).
 
         Interpolating the raw parameters keeps one network of the same shape (the rotation's
-        skew-symmetric generator interpolates to another rotation). ``shrink=None`` picks the grid
+        skew-symmetric generator interpolates to another rotation). ``shrink="validated"`` picks the grid
         value with the best held-out score (ties: the larger shrink, i.e. the trained weights); with
         no held-out queries it keeps the trained weights. Returns the shrink applied.
         """
@@ -624,7 +720,7 @@ class Trainer:
             self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
                                       else end[k] for k in end})
 
-        if shrink is None:
+        if shrink == "validated":
             if val is None:
                 return 1.0
             scores = {}

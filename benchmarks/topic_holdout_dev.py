@@ -1,0 +1,150 @@
+"""Stage 2's held-out queries drawn at random or by topic, on dev splits that hold out topics or not.
+
+    python benchmarks/topic_holdout_dev.py --dataset xquad-r/el --seeds 0 --out results/topic_dev.jsonl
+    python benchmarks/topic_holdout_dev.py --dataset scifact --labels 25 --seeds 0,1
+
+Dev splits (the test split is never read):
+- ``xquad-r/<lang>``: the train questions ask about articles 0-23; 7 of them (seed 123) are the dev
+  articles and the fit sees only the questions of the other 17 (the test split's situation: unseen
+  articles).
+- ``scifact``: the 809 train queries split 70/30 with seed 123 (as ``ablation_dev.py``).
+- ``nfcorpus``: fit on the train split, score on the dev split.
+``--labels N`` fits on a random N of the fit queries (``eval.label_curve.label_subset``, the seed's).
+
+Rows per seed: PCA, the corpus-only adaptor, the adaptor with the fit queries unlabelled, and one
+supervised fit per ``--arms`` entry (a Python keyword list for MatryoshkaAdaptor). A supervised
+fit run with ``supervised_shrink="validated"`` also prints its weights before the validated shrink
+(``lambda=1``) and its stage-1 weights (``lambda=0``), from the same fit. Each row is appended to
+``--out`` as one JSON line, so runs can be merged into tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from matryoshka_adaptor import MatryoshkaAdaptor
+from matryoshka_adaptor.embed.sources import load_precomputed
+from matryoshka_adaptor.eval.datasets import load_beir
+from matryoshka_adaptor.eval.label_curve import label_subset
+from matryoshka_adaptor.eval.methods import FitData, make_method
+from matryoshka_adaptor.eval.metrics import evaluate_run
+from matryoshka_adaptor.eval.retrieval import retrieve
+from matryoshka_adaptor.nn import training
+
+DIMS = (16, 32, 64, 128, 256, 384)
+DEFAULT_ARMS = ('validation_split="random"', 'validation_split="topic", supervised_shrink="validated"')
+
+
+def dev_split(name: str, data_dir: Path):
+    """(corpus vectors, corpus ids, query vectors by id, fit qrels, dev qrels) for one dataset."""
+    folder = data_dir / name
+    ds = load_beir(folder)
+    model = "multilingual-e5-small-q4" if name.startswith("xquad-r") else "all-MiniLM-L6-v2"
+    pre = load_precomputed(folder / "embeddings" / model)
+    qvec = dict(zip(pre.query_ids, pre.queries))
+    train = ds.qrels["train"]
+    train_q = [q for q in pre.query_ids if q in train]
+    if name.startswith("xquad-r"):
+        article = {q: int(next(iter(train[q])).split("-p")[1].split("s")[0]) // 5 for q in train_q}
+        dev_articles = set(np.random.default_rng(123).permutation(sorted(set(article.values())))[:7].tolist())
+        fit_q = [q for q in train_q if article[q] not in dev_articles]
+        dev = {q: train[q] for q in train_q if article[q] in dev_articles}
+    elif "dev" in ds.qrels:
+        fit_q, dev = train_q, ds.qrels["dev"]
+    else:
+        perm = np.random.default_rng(123).permutation(len(train_q))
+        cut = int(0.7 * len(train_q))
+        fit_q = [train_q[i] for i in sorted(perm[:cut])]
+        dev = {train_q[i]: train[train_q[i]] for i in sorted(perm[cut:])}
+    return pre.corpus, pre.corpus_ids, qvec, {q: train[q] for q in fit_q}, dev
+
+
+def capture_shrink():
+    """Keep the weights a supervised fit had before its validated shrink, and its stage-1 weights."""
+    box = {}
+    fit_supervised, shrink = training.Trainer.fit_supervised, training.Trainer._shrink_toward
+
+    def wrapped_fit(self):
+        box["stage1"] = copy.deepcopy(self.net.state_dict())
+        box["trainer"] = self
+        return fit_supervised(self)
+
+    def wrapped_shrink(self, start, lam, val):
+        box["stage2"] = copy.deepcopy(self.net.state_dict())
+        return shrink(self, start, lam, val)
+
+    training.Trainer.fit_supervised = wrapped_fit
+    training.Trainer._shrink_toward = wrapped_shrink
+    return box
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, help="scifact, nfcorpus or xquad-r/<lang>")
+    ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
+    ap.add_argument("--arms", nargs="*", default=list(DEFAULT_ARMS))
+    ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--no-baselines", action="store_true", help="skip PCA and the unsupervised fits")
+    ap.add_argument("--out", default="results/topic_holdout_dev.jsonl")
+    args = ap.parse_args()
+    C, cid, qvec, fit_qrels, dev = dev_split(args.dataset, Path(args.data_dir))
+    dev_q = list(dev)
+    Qdev = np.stack([qvec[q] for q in dev_q])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def score(encode) -> list[float]:
+        return [round(evaluate_run(dev, retrieve(encode(Qdev, m), encode(C, m), dev_q, cid))["ndcg@10"], 4)
+                for m in DIMS]
+
+    def emit(seed, setting, row, **extra):
+        rec = dict(dataset=args.dataset, labels=args.labels or "all", seed=seed, setting=setting,
+                   ndcg=dict(zip(DIMS, row)), **extra)
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{args.dataset} labels={rec['labels']} seed={seed} {setting}: {row} {extra or ''}", flush=True)
+
+    def adaptor_scores(est):
+        return score(lambda x, m: est.transform(x, m))
+
+    box = capture_shrink()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        fit_q = list(fit_qrels) if args.labels is None else label_subset(list(fit_qrels), fit_qrels, args.labels, seed)
+        Qfit = np.stack([qvec[q] for q in fit_q])
+        if not args.no_baselines:
+            if seed == int(args.seeds.split(",")[0]):
+                emit(seed, "pca", score(make_method("pca").fit(FitData(C, cid), DIMS, seed=0).encode))
+            t = time.perf_counter()
+            corpus_only = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed).fit(C)
+            emit(seed, "corpus-only", adaptor_scores(corpus_only), fit_s=round(time.perf_counter() - t))
+            t = time.perf_counter()
+            unlabelled = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed).fit(C, Qfit)
+            emit(seed, "unlabelled", adaptor_scores(unlabelled), fit_s=round(time.perf_counter() - t))
+        for arm in args.arms:
+            params = eval(f"dict({arm})")  # a research script's own command line, as in ablation_dev.py
+            box.clear()
+            t = time.perf_counter()
+            est = MatryoshkaAdaptor(dims=DIMS, progress=False, **{"seed": seed, **params})
+            est.fit(C, Qfit, {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid, query_ids=fit_q)
+            secs = round(time.perf_counter() - t)
+            summary = est.fit_summary_.get("supervised")
+            emit(seed, arm, adaptor_scores(est), fit_s=secs, stage2=summary)
+            if "stage2" in box:  # the validated shrink ran: also score lambda=1 and lambda=0 of this fit
+                net = box["trainer"].net
+                for lam, state in ((1.0, box["stage2"]), (0.0, box["stage1"])):
+                    net.load_state_dict(state)
+                    est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
+                    est._numpy = None
+                    emit(seed, f"{arm} | lambda={lam}", adaptor_scores(est))
+
+
+if __name__ == "__main__":
+    main()
