@@ -1,4 +1,4 @@
-"""Stage 2's held-out queries drawn at random or by topic, on dev splits that hold out topics or not.
+"""Supervised fits on dev splits that hold out topics (XQuAD-R articles) or not (SciFact, NFCorpus).
 
     python benchmarks/topic_holdout_dev.py --dataset xquad-r/el --seeds 0 --out results/topic_dev.jsonl
     python benchmarks/topic_holdout_dev.py --dataset scifact --labels 25 --seeds 0,1
@@ -12,10 +12,10 @@ Dev splits (the test split is never read):
 ``--labels N`` fits on a random N of the fit queries (``eval.label_curve.label_subset``, the seed's).
 
 Rows per seed: PCA, the corpus-only adaptor, the adaptor with the fit queries unlabelled, and one
-supervised fit per ``--arms`` entry (a Python keyword list for MatryoshkaAdaptor). A supervised
-fit run with ``supervised_shrink="validated"`` also prints its weights before the validated shrink
-(``lambda=1``) and its stage-1 weights (``lambda=0``), from the same fit. Each row is appended to
-``--out`` as one JSON line, so runs can be merged into tables.
+supervised fit per ``--arms`` entry (a Python keyword list for MatryoshkaAdaptor; "" is the
+default). A supervised fit run with ``supervised_shrink="validated"`` also prints its weights before
+the validated shrink (``lambda=1``) and its stage-1 weights (``lambda=0``), from the same fit. Each
+row is appended to ``--out`` as one JSON line, so runs can be merged into tables.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
 DIMS = (16, 32, 64, 128, 256, 384)
-DEFAULT_ARMS = ('validation_split="random"', 'validation_split="topic", supervised_shrink="validated"')
+DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
 
 
 def dev_split(name: str, data_dir: Path):
@@ -136,14 +136,14 @@ def main() -> None:
             est.fit(C, Qfit, {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid, query_ids=fit_q)
             secs = round(time.perf_counter() - t)
             summary = est.fit_summary_.get("supervised")
-            emit(seed, arm, adaptor_scores(est), fit_s=secs, stage2=summary)
+            emit(seed, arm or "default", adaptor_scores(est), fit_s=secs, stage2=summary)
             if "stage2" in box:  # the validated shrink ran: also score lambda=1 and lambda=0 of this fit
                 net = box["trainer"].net
                 for lam, state in ((1.0, box["stage2"]), (0.0, box["stage1"])):
                     net.load_state_dict(state)
                     est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
                     est._numpy = None
-                    emit(seed, f"{arm} | lambda={lam}", adaptor_scores(est))
+                    emit(seed, f"{arm or 'default'} | lambda={lam}", adaptor_scores(est))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,6 @@ def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = Fa
 NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
 NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
-VALIDATION_SPLITS = ("random", "topic")
 RECIPE_NAMES = ("default", "paper")
 
 
@@ -261,10 +260,6 @@ class AdaptorConfig:
     # Validation, early stopping and the divergence guard
     validation_fraction: float = param(0.1, Interval(float, 0, 1, open_high=True),
                                        "Share of anchors / labelled queries held out for validation.")
-    validation_split: str = param(
-        "random", Options(VALIDATION_SPLITS),
-        "How stage 2 holds labelled queries out: 'random', or 'topic' (whole k-means clusters of the query "
-        "vectors, so early stopping and the validated shrink see topics stage 2 did not train on).")
     max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
     max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
     min_validation_queries: int = param(

@@ -242,45 +242,6 @@ def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
     assert seen[1] == ([], 20)  # 3 < 5: no holdout, no validation, every step run
 
 
-def _topic_problem(n_topics=4, per_topic=30, seed=0):
-    """Labelled queries in ``n_topics`` tight, well-separated groups (each near its own axis)."""
-    rng = np.random.default_rng(seed)
-    corpus = rng.standard_normal((120, 8)).astype(np.float32)
-    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
-    topic = np.repeat(np.arange(n_topics), per_topic)
-    queries = np.eye(8, dtype=np.float32)[topic] + 0.05 * rng.standard_normal((len(topic), 8)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    positives = [[(int(i), 1.0)] for i in rng.integers(0, 120, len(topic))]
-    return data_for(corpus, queries=queries, positives=positives), topic
-
-
-def test_topic_validation_split_holds_out_whole_topics():
-    data, topic = _topic_problem()
-    held = {}
-    for split in ("random", "topic"):
-        cfg = config(supervised_steps=10, validation_fraction=0.2, min_validation_queries=1, batch_size=8,
-                     dynamic_negatives=0, eval_every=5, validation_split=split, seed=3)
-        t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data)
-        t.query_ndcg = lambda q, k=10, split=split: held.setdefault(split, np.asarray(q)) is None or 0.5
-        t.fit_supervised()
-    topics_held = set(topic[held["topic"]])
-    # whole topics: every query of a held-out topic is held out, and at least 20 % of the queries
-    assert set(held["topic"]) == set(np.flatnonzero(np.isin(topic, list(topics_held))))
-    assert len(held["topic"]) >= 0.2 * len(topic) and len(topics_held) < 4
-    # a random split of the same size cuts across the topics instead
-    assert len(held["random"]) == 24 and len(set(topic[held["random"]])) > 1
-    assert not set(held["random"]) == set(np.flatnonzero(np.isin(topic, list(set(topic[held["random"]])))))
-
-
-def test_topic_validation_split_is_a_validated_option():
-    import pytest
-
-    from matryoshka_adaptor.errors import InputError
-
-    with pytest.raises(InputError, match="validation_split='article' is not valid"):
-        config(validation_split="article")
-
-
 def _with_query_anchors(data):
     """The same problem with every query also an (unlabelled) anchor after the corpus rows."""
     rng = np.random.default_rng(1)
@@ -303,13 +264,12 @@ def _recording_trainer(cfg, data, scripted=()):
     return t, drawn
 
 
-def test_held_out_queries_are_never_anchors_and_validated_queries_keep_the_better_stage_one():
-    data, _ = _topic_problem()
-    data = _with_query_anchors(data)
+def test_validated_queries_keep_the_better_stage_one_and_never_use_held_out_queries_as_anchors():
+    data = _with_query_anchors(_labelled_problem(60))
     n_corpus = data.n_corpus_anchors
     for scripted, kept in (((0.9, 0.1), "with queries"), ((0.1, 0.9), "corpus only")):
         cfg = config(steps=6, supervised_steps=6, validation_fraction=0.2, min_validation_queries=1, batch_size=16,
-                     dynamic_negatives=0, eval_every=3, validation_split="topic", use_queries="validated", seed=0)
+                     dynamic_negatives=0, eval_every=3, use_queries="validated", seed=0)
         t, drawn = _recording_trainer(cfg, data, scripted)
         first = t.fit_stage_one()
         stage_one_draws = len(drawn)
@@ -324,16 +284,16 @@ def test_held_out_queries_are_never_anchors_and_validated_queries_keep_the_bette
         # held-out queries are anchors in neither stage; stage 2 draws queries only if stage 1 kept them
         assert not val_anchor_ids & set(np.concatenate(drawn).tolist())
         assert any((ids >= n_corpus).any() for ids in drawn[12:]) == (kept == "with queries")
-    # the kept weights are the chosen run's: with queries -> the first run's weights, not the second's
+    # the kept weights are the chosen run's (the first, with queries), not the last run's
     cfg = config(steps=6, validation_fraction=0.2, min_validation_queries=1, batch_size=16, dynamic_negatives=0,
-                 validation_split="topic", use_queries=True, seed=0)
-    t, _ = _recording_trainer(cfg, data)
-    t.fit_stage_one()
-    plain = _params(t.net)
-    cfg = cfg.replace(use_queries="validated")
+                 use_queries="validated", seed=0)
     t, _ = _recording_trainer(cfg, data, (0.9, 0.1))
+    runs = []
+    fit_unsupervised = t.fit_unsupervised
+    t.fit_unsupervised = lambda **kw: (fit_unsupervised(**kw), runs.append(_params(t.net)))[0]
     t.fit_stage_one()
-    assert all(torch.equal(plain[k], v) for k, v in _params(t.net).items())
+    assert len(runs) == 2 and any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert all(torch.equal(runs[0][k], v) for k, v in _params(t.net).items())
 
 
 def test_validated_queries_without_a_holdout_is_the_plain_fit():

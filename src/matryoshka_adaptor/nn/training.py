@@ -278,34 +278,6 @@ def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
     return perm[n_val:], perm[:n_val]
 
 
-QUERIES_PER_TOPIC = 25  # ~one XQuAD-R article's questions per cluster (docs/ablations.md)
-MAX_TOPICS = 64
-
-
-def _topic_split(vectors: np.ndarray, fraction: float, rng: np.random.Generator, cap: int,
-                 min_val: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`_split`, but holds out whole topics: k-means clusters of ``vectors`` (unit rows),
-    taken in random order until ``fraction`` of the rows (at most ``cap``) are held out."""
-    from sklearn.cluster import KMeans
-
-    n = len(vectors)
-    n_target = min(cap, int(round(n * fraction))) if n >= 20 else 0
-    if n_target < min_val:
-        return rng.permutation(n), np.zeros(0, dtype=np.int64)
-    n_topics = int(np.clip(n // QUERIES_PER_TOPIC, 2, MAX_TOPICS))
-    topic = KMeans(n_topics, n_init=4, random_state=seed).fit_predict(vectors.astype(np.float64))
-    held = []
-    for t in rng.permutation(n_topics):
-        if sum(map(len, held)) >= n_target:
-            break
-        held.append(np.flatnonzero(topic == t))
-    val = np.concatenate(held)
-    if len(val) == n:  # one cluster held everything: nothing left to train on
-        return rng.permutation(n), np.zeros(0, dtype=np.int64)
-    train = np.setdiff1d(np.arange(n), val)
-    return rng.permutation(train), val
-
-
 class Trainer:
     """Runs the optimisation of an ``AdaptorNet``; one instance per fit.
 
@@ -585,33 +557,25 @@ class Trainer:
             state.best_step = state.steps_run
         return state
 
-    def labelled_split(self) -> tuple[np.ndarray, np.ndarray]:
-        """(training, held-out) labelled query indices, drawn once per fit (own random stream).
-
-        Held-out queries are kept out of training altogether: out of stage 2's batches and out of
-        both stages' query anchors, so they stand for queries the fit has never seen.
-        """
+    def labelled_split(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(training, held-out) labelled query indices, drawn once per fit (from ``rng``, else the fit's stream)."""
         if self._labelled_split is None:
             cfg, data = self.config, self.data
-            rng = np.random.default_rng([cfg.seed, 2])
             labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
-            if cfg.validation_split == "topic":
-                train_q, val_q = _topic_split(data.queries[labeled], cfg.validation_fraction, rng,
-                                              cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries,
-                                              seed=cfg.seed)
-            else:
-                train_q, val_q = _split(len(labeled), cfg.validation_fraction, rng,
-                                        cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
+            train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng if rng is None else rng,
+                                    cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
             self._labelled_split = labeled[train_q], labeled[val_q]
         return self._labelled_split
 
     def _anchor_ids(self, corpus_only: bool) -> np.ndarray:
-        """Anchor ids training may draw: corpus rows, plus the query anchors not held out."""
+        """Anchor ids training may draw: the corpus rows and, unless ``corpus_only``, the query anchors
+        (with ``use_queries="validated"`` not those of held-out queries, so that the stage-1 choice is
+        made on queries neither stage has seen)."""
         data = self.data
         ids = np.arange(len(data.anchors))
         if corpus_only:
             return ids[: data.n_corpus_anchors]
-        if data.supervised and len(data.anchors) > data.n_corpus_anchors:
+        if self.config.use_queries == "validated" and data.supervised and len(ids) > data.n_corpus_anchors:
             ids = np.setdiff1d(ids, data.n_corpus_anchors + self.labelled_split()[1])
         return ids
 
@@ -625,8 +589,9 @@ class Trainer:
         """
         data = self.data
         has_query_anchors = len(data.anchors) > data.n_corpus_anchors
+        # Its own stream for the split drawn before stage 1: without held-out queries this is the plain fit.
         if not (self.config.use_queries == "validated" and data.supervised and has_query_anchors
-                and len(self.labelled_split()[1])):
+                and len(self.labelled_split(np.random.default_rng([self.config.seed, 2]))[1])):
             return self.fit_unsupervised()
         val_q = self.labelled_split()[1]
         start = copy.deepcopy(self.net.state_dict())
