@@ -6,6 +6,13 @@ any (method, seed) present in several (``full`` is in every run), recomputes the
 the usual report files. Usage:
 
     python benchmarks/merge_benchmark_results.py results/sf-unsup/results.json results/sf-sup/results.json --out results/sf
+
+With ``--multi``, the arguments are output folders of multi-dataset runs (``benchmark --dataset A B
+...``): each dataset's ``results.json`` is merged across the folders that have it (first folder
+first), and the cross-dataset summary, per-dataset reports and small-multiples plot are written anew:
+
+    python benchmarks/merge_benchmark_results.py --multi results/xq-seed0 results/xq-seeds12 --out results/xq \
+        --summary-exclude pool
 """
 
 from __future__ import annotations
@@ -42,11 +49,50 @@ def merge(results: list[dict]) -> dict:
     return merged
 
 
+def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]) -> dict:
+    """Merge multi-dataset run folders dataset by dataset and rewrite the cross-dataset outputs."""
+    from matryoshka_adaptor.eval.multi_dataset import summarize_datasets, write_multi_report
+    from matryoshka_adaptor.eval.methods import split_transfer_name
+
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    names = list(dict.fromkeys(n for s in summaries for n in s["datasets"]))
+    results = {}
+    for name in names:
+        runs = [json.loads((f / name / "results.json").read_text()) for f in folders
+                if (f / name / "results.json").is_file()]
+        results[name] = merge(runs)
+        write_report(results[name], out / name)
+    methods = list(dict.fromkeys(m for r in results.values() for m in r["methods"]))
+    transfers = {m: parts[1] for m in methods if (parts := split_transfer_name(m))}
+    summary = summarize_datasets(results, summary_exclude=summary_exclude, transfer_sources=transfers)
+    method_seeds: dict[str, set] = {}
+    for r in results.values():
+        for row in r["rows"]:
+            method_seeds.setdefault(row["method"], set()).add(row["seed"])
+    first = summaries[0]
+    summary.update(datasets=names, summary_exclude=list(summary_exclude), methods=methods,
+                   seeds=sorted({s for x in summaries for s in x["seeds"]}),
+                   method_seeds={m: sorted(v) for m, v in method_seeds.items()},
+                   dims=sorted({e["dim"] for r in results.values() for e in r["summary"]}),
+                   missing=[], machine=first["machine"], embeddings_name=first.get("embeddings_name"),
+                   model=first.get("model"), provider=first.get("provider"),
+                   adaptor_params=first.get("adaptor_params"), merged_from=[str(f) for f in folders])
+    write_multi_report(summary, results, out)
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", nargs="+", type=Path, help="results.json files of benchmark runs")
+    ap.add_argument("results", nargs="+", type=Path, help="results.json files of benchmark runs (--multi: run folders)")
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--multi", action="store_true", help="merge multi-dataset run folders")
+    ap.add_argument("--summary-exclude", default="", help="--multi: datasets left out of the mean and worst")
     args = ap.parse_args()
+    if args.multi:
+        exclude = tuple(n for n in args.summary_exclude.split(",") if n)
+        merge_multi(args.results, args.out, exclude)
+        print(f"wrote {args.out / 'summary.md'}")
+        return
     merged = merge([json.loads(p.read_text()) for p in args.results])
     paths = write_report(merged, args.out)
     if merged.get("equal_bytes_summary"):
