@@ -7,6 +7,9 @@ the usual report files. Usage:
 
     python benchmarks/merge_benchmark_results.py results/sf-unsup/results.json results/sf-sup/results.json --out results/sf
 
+Runs of a label curve (``--labels``) may differ in label counts and seeds: rows are told apart by
+(method, seed, label count) and the label-curve table and plot are written for every count.
+
 With ``--multi``, the arguments are output folders of multi-dataset runs (``benchmark --dataset A B
 ...``): each dataset's ``results.json`` is merged across the folders that have it (first folder
 first), and the cross-dataset summary, per-dataset reports and small-multiples plot are written anew:
@@ -34,14 +37,20 @@ def merge(results: list[dict]) -> dict:
                 raise InputError(f"cannot merge runs with different {key}: {first.get(key)!r} vs {r.get(key)!r}.")
     merged = dict(first)
     seen, rows, eb_rows, methods = set(), [], [], []
+    def key(row):  # a label-curve run's rows also differ by label count
+        return row["method"], row["seed"], row.get("labels")
+
     for r in results:
-        pairs = {(row["method"], row["seed"]) for row in r["rows"]} - seen
-        rows += [row for row in r["rows"] if (row["method"], row["seed"]) in pairs]
-        eb_rows += [row for row in r.get("equal_bytes_rows", []) if (row["method"], row["seed"]) in pairs]
+        pairs = {key(row) for row in r["rows"]} - seen
+        rows += [row for row in r["rows"] if key(row) in pairs]
+        eb_rows += [row for row in r.get("equal_bytes_rows", []) if key(row) in pairs]
         seen |= pairs
         methods += [m for m in r["methods"] if m not in methods]
     merged.update(rows=rows, summary=summarize(rows), methods=methods,
                   seeds=sorted({s for r in results for s in r["seeds"]}), merged_from=len(results))
+    labels = [n for r in results for n in r.get("labels") or []]
+    if labels:  # label counts in curve order (numbers, then "all")
+        merged["labels"] = sorted(set(labels), key=lambda n: (isinstance(n, str), n if isinstance(n, int) else 0))
     if any("equal_bytes_rows" in r for r in results):
         merged.update(equal_bytes_rows=eb_rows, equal_bytes_summary=summarize_equal_bytes(eb_rows),
                       quantize=sorted({p for r in results for p in r.get("quantize", [])}),
