@@ -19,10 +19,8 @@ The positional argument is a Python keyword list passed to MatryoshkaAdaptor(...
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +31,8 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve, run_from_ranking
 from matryoshka_adaptor.quantization import QuantizedVectors, bytes_per_vector, funnel_search
 from matryoshka_adaptor.validation import l2_normalize
+
+from dev_splits import dev_split, minilm_vectors
 
 DIMS = [16, 32, 64, 128, 256, 384]
 # (precision, prefix dims, shortlist rescored with float32 originals; 0 = none)
@@ -52,17 +52,11 @@ def main() -> None:
     args = ap.parse_args()
 
     ds = load_beir(args.data)
-    emb = Path(args.data) / "embeddings" / "all-MiniLM-L6-v2"
-    C, Q = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-    ids = json.loads((emb / "ids.json").read_text())
-    cid, qpos = ids["corpus_ids"], {q: i for i, q in enumerate(ids["query_ids"])}
+    pre = minilm_vectors(args.data)
+    C, Q = pre.corpus, pre.queries
+    cid, qpos = pre.corpus_ids, {q: i for i, q in enumerate(pre.query_ids)}
     train = ds.qrels["train"]
-    train_q = [q for q in ids["query_ids"] if q in train]
-    perm = np.random.default_rng(123).permutation(len(train_q))
-    cut = int(0.7 * len(train_q))
-    fit_q = [train_q[i] for i in sorted(perm[:cut])]
-    dev_q = [train_q[i] for i in sorted(perm[cut:])]
-    dev_qrels = {q: train[q] for q in dev_q}
+    fit_q, _, dev_q, dev_qrels = dev_split(args.data, ds, pre.query_ids, use_dev_qrels=False)
     Qdev, Qfit = Q[[qpos[q] for q in dev_q]], Q[[qpos[q] for q in fit_q]]
 
     def scores(encode):

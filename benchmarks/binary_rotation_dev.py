@@ -19,7 +19,6 @@ The test split is never used. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -34,24 +33,11 @@ from matryoshka_adaptor.eval.retrieval import run_from_ranking
 from matryoshka_adaptor.quantization import QuantizedVectors, funnel_search
 from matryoshka_adaptor.validation import l2_normalize
 
+from dev_splits import dev_split, minilm_vectors
+
 PRECISIONS = ("binary", "binary-centered", "binary-itq")
 COLUMNS = [(64, 0), (128, 0), (256, 0), (384, 0), (64, 100), (128, 100)]  # (bits, shortlist)
 DIMS = (16, 32, 64, 128, 256, 384)
-
-
-def dev_split(data: str, ds, ids):
-    """(fit query ids, their qrels, dev query ids, dev qrels) — never the test split."""
-    qids = ids["query_ids"]
-    if "dev" in ds.qrels and Path(data).name != "scifact":
-        fit_q = [q for q in qids if q in ds.qrels["train"]]
-        dev_q = [q for q in qids if q in ds.qrels["dev"]]
-        return fit_q, {q: ds.qrels["train"][q] for q in fit_q}, dev_q, {q: ds.qrels["dev"][q] for q in dev_q}
-    train = ds.qrels["train"]
-    train_q = [q for q in qids if q in train]
-    perm = np.random.default_rng(123).permutation(len(train_q))
-    cut = int(0.7 * len(train_q))
-    fit_q, dev_q = [train_q[i] for i in sorted(perm[:cut])], [train_q[i] for i in sorted(perm[cut:])]
-    return fit_q, {q: train[q] for q in fit_q}, dev_q, {q: train[q] for q in dev_q}
 
 
 def main() -> None:
@@ -63,11 +49,10 @@ def main() -> None:
     args = ap.parse_args()
 
     ds = load_beir(args.data)
-    emb = Path(args.data) / "embeddings" / "all-MiniLM-L6-v2"
-    C, Q = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-    ids = json.loads((emb / "ids.json").read_text())
-    cid, qpos = ids["corpus_ids"], {q: i for i, q in enumerate(ids["query_ids"])}
-    fit_q, fit_qrels, dev_q, dev_qrels = dev_split(args.data, ds, ids)
+    pre = minilm_vectors(args.data)
+    C, Q = pre.corpus, pre.queries
+    cid, qpos = pre.corpus_ids, {q: i for i, q in enumerate(pre.query_ids)}
+    fit_q, fit_qrels, dev_q, dev_qrels = dev_split(args.data, ds, pre.query_ids)
     Qdev, Qfit = Q[[qpos[q] for q in dev_q]], Q[[qpos[q] for q in fit_q]]
     C_unit, Qdev_unit = l2_normalize(C), l2_normalize(Qdev)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +32,8 @@ from matryoshka_adaptor.eval.methods import FitData, make_method
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
+
+from dev_splits import dev_split, minilm_vectors
 
 DIMS = [16, 32, 64, 128, 256, 384]
 LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -78,20 +78,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
 
     ds = load_beir(args.data)
-    emb = Path(args.data) / "embeddings" / "all-MiniLM-L6-v2"
-    C, Q = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-    ids = json.loads((emb / "ids.json").read_text())
-    cid, qpos = ids["corpus_ids"], {q: i for i, q in enumerate(ids["query_ids"])}
+    pre = minilm_vectors(args.data)
+    C, Q = pre.corpus, pre.queries
+    cid, qpos = pre.corpus_ids, {q: i for i, q in enumerate(pre.query_ids)}
     train = ds.qrels["train"]
-    train_q = [q for q in ids["query_ids"] if q in train]
-    if "dev" in ds.qrels:
-        fit_q, dev_q, dev_qrels = train_q, [q for q in ids["query_ids"] if q in ds.qrels["dev"]], ds.qrels["dev"]
-    else:
-        perm = np.random.default_rng(123).permutation(len(train_q))
-        cut = int(0.7 * len(train_q))
-        fit_q = [train_q[i] for i in sorted(perm[:cut])]
-        dev_q = [train_q[i] for i in sorted(perm[cut:])]
-        dev_qrels = {q: train[q] for q in dev_q}
+    fit_q, _, dev_q, dev_qrels = dev_split(args.data, ds, pre.query_ids)
     Qdev = Q[[qpos[q] for q in dev_q]]
 
     def scores(encode):

@@ -38,11 +38,13 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
+from dev_splits import dev_split
+
 DIMS = (16, 32, 64, 128, 256, 384)
 DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
 
 
-def dev_split(name: str, data_dir: Path):
+def load_dev_data(name: str, data_dir: Path):
     """(corpus vectors, corpus ids, query vectors by id, fit qrels, dev qrels) for one dataset."""
     folder = data_dir / name
     ds = load_beir(folder)
@@ -56,14 +58,9 @@ def dev_split(name: str, data_dir: Path):
         dev_articles = set(np.random.default_rng(123).permutation(sorted(set(article.values())))[:7].tolist())
         fit_q = [q for q in train_q if article[q] not in dev_articles]
         dev = {q: train[q] for q in train_q if article[q] in dev_articles}
-    elif "dev" in ds.qrels:
-        fit_q, dev = train_q, ds.qrels["dev"]
-    else:
-        perm = np.random.default_rng(123).permutation(len(train_q))
-        cut = int(0.7 * len(train_q))
-        fit_q = [train_q[i] for i in sorted(perm[:cut])]
-        dev = {train_q[i]: train[train_q[i]] for i in sorted(perm[cut:])}
-    return pre.corpus, pre.corpus_ids, qvec, {q: train[q] for q in fit_q}, dev
+        return pre.corpus, pre.corpus_ids, qvec, {q: train[q] for q in fit_q}, dev
+    _, fit_qrels, _, dev = dev_split(folder, ds, pre.query_ids)
+    return pre.corpus, pre.corpus_ids, qvec, fit_qrels, dev
 
 
 def capture_shrink():
@@ -95,7 +92,7 @@ def main() -> None:
     ap.add_argument("--no-baselines", action="store_true", help="skip PCA and the unsupervised fits")
     ap.add_argument("--out", default="results/topic_holdout_dev.jsonl")
     args = ap.parse_args()
-    C, cid, qvec, fit_qrels, dev = dev_split(args.dataset, Path(args.data_dir))
+    C, cid, qvec, fit_qrels, dev = load_dev_data(args.dataset, Path(args.data_dir))
     dev_q = list(dev)
     Qdev = np.stack([qvec[q] for q in dev_q])
     out = Path(args.out)
