@@ -17,12 +17,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from matryoshka_adaptor import MatryoshkaAdaptor
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
+
+from dev_splits import minilm_vectors
 
 DIMS = [16, 32, 64, 128]
 
@@ -51,19 +51,18 @@ def main() -> None:
     for name in args.datasets.split(","):
         folder = Path(args.data_dir) / name
         ds = load_beir(folder)
-        emb = folder / "embeddings" / "all-MiniLM-L6-v2"
-        corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-        ids = json.loads((emb / "ids.json").read_text())
-        qpos = {q: i for i, q in enumerate(ids["query_ids"])}
+        pre = minilm_vectors(folder)
+        corpus, queries = pre.corpus, pre.queries
+        qpos = {q: i for i, q in enumerate(pre.query_ids)}
         test = ds.qrels["test"]
-        test_q = [q for q in ids["query_ids"] if q in test]
+        test_q = [q for q in pre.query_ids if q in test]
         q_test = queries[[qpos[q] for q in test_q]]
         for arm, params in arms.items():
             t = time.perf_counter()
             est = MatryoshkaAdaptor(seed=0, progress=False, device="cpu", **params).fit(corpus)
             wall = time.perf_counter() - t
             scores = [round(evaluate_run(test, retrieve(est.transform(q_test, m), est.transform(corpus, m), test_q,
-                                                        ids["corpus_ids"]))["ndcg@10"], 4) for m in DIMS]
+                                                        pre.corpus_ids))["ndcg@10"], 4) for m in DIMS]
             result[f"{name} / {arm}"] = {"ndcg@10": scores, "fit_s": round(wall, 1)}
             print(name, arm, scores, f"{wall:.1f} s", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)

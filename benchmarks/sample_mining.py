@@ -23,6 +23,8 @@ from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 
+from dev_splits import minilm_vectors
+
 DIMS = [16, 32, 64, 128]
 
 
@@ -40,12 +42,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     ds = load_beir(args.data)
-    emb = Path(args.data) / "embeddings" / "all-MiniLM-L6-v2"
-    corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
-    ids = json.loads((emb / "ids.json").read_text())
-    qpos = {q: i for i, q in enumerate(ids["query_ids"])}
+    pre = minilm_vectors(args.data)
+    corpus, queries = pre.corpus, pre.queries
+    qpos = {q: i for i, q in enumerate(pre.query_ids)}
     test = ds.qrels["test"]
-    test_q = [q for q in ids["query_ids"] if q in test]
+    test_q = [q for q in pre.query_ids if q in test]
     q_test = queries[[qpos[q] for q in test_q]]
     arms = {"sample": dict(max_fit_vectors=args.sample, neighbors_from="sample"),
             "sample+corpus": dict(max_fit_vectors=args.sample, neighbors_from="corpus"),
@@ -58,7 +59,7 @@ def main() -> None:
             est = MatryoshkaAdaptor(seed=seed, progress=False, device="cpu", **params).fit(corpus)
             wall = time.perf_counter() - t
             scores = [evaluate_run(test, retrieve(est.transform(q_test, m), est.transform(corpus, m), test_q,
-                                                  ids["corpus_ids"]))["ndcg@10"] for m in DIMS]
+                                                  pre.corpus_ids))["ndcg@10"] for m in DIMS]
             rows.append(scores)
             print(name, seed, [round(v, 4) for v in scores], f"fit {wall:.1f} s,",
                   est.fit_summary_["n_fit_vectors"], "training rows", flush=True)
