@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--no-baselines", action="store_true", help="skip PCA and the unsupervised fits")
+    ap.add_argument("--baseline-params", default="", help="keywords for the two unsupervised fits, e.g. "
+                    "\"queries_as_candidates=False\" (recorded in their setting)")
     ap.add_argument("--out", default="results/topic_holdout_dev.jsonl")
     args = ap.parse_args()
     C, cid, qvec, fit_qrels, dev = load_dev_data(args.dataset, Path(args.data_dir))
@@ -112,6 +114,7 @@ def main() -> None:
     def adaptor_scores(est):
         return score(lambda x, m: est.transform(x, m))
 
+    baseline_params = eval(f"dict({args.baseline_params})")  # the script's own command line, as --arms
     box = capture_shrink()
     for seed in (int(s) for s in args.seeds.split(",")):
         fit_q = list(fit_qrels) if args.labels is None else label_subset(list(fit_qrels), fit_qrels, args.labels, seed)
@@ -119,12 +122,13 @@ def main() -> None:
         if not args.no_baselines:
             if seed == int(args.seeds.split(",")[0]):
                 emit(seed, "pca", score(make_method("pca").fit(FitData(C, cid), DIMS, seed=0).encode))
+            suffix = f" | {args.baseline_params}" if args.baseline_params else ""
             t = time.perf_counter()
-            corpus_only = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed).fit(C)
-            emit(seed, "corpus-only", adaptor_scores(corpus_only), fit_s=round(time.perf_counter() - t))
+            corpus_only = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed, **baseline_params).fit(C)
+            emit(seed, "corpus-only" + suffix, adaptor_scores(corpus_only), fit_s=round(time.perf_counter() - t))
             t = time.perf_counter()
-            unlabelled = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed).fit(C, Qfit)
-            emit(seed, "unlabelled", adaptor_scores(unlabelled), fit_s=round(time.perf_counter() - t))
+            unlabelled = MatryoshkaAdaptor(dims=DIMS, progress=False, seed=seed, **baseline_params).fit(C, Qfit)
+            emit(seed, "unlabelled" + suffix, adaptor_scores(unlabelled), fit_s=round(time.perf_counter() - t))
         for arm in args.arms:
             params = eval(f"dict({arm})")  # a research script's own command line, as in ablation_dev.py
             box.clear()
