@@ -234,10 +234,6 @@ class AdaptorConfig:
     # Supervised stage (stage 2)
     gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
     supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
-    supervised_listwise_weight: float | None = param(
-        None, Interval(float, 0),
-        "Weight of the listwise distillation term in stage 2, next to the ranking loss (None: listwise_weight).",
-        optional=True)
     rank_scale: float = param(20.0, Interval(float, 0, open_low=True),
                               "Multiplies cosine differences inside the ranking loss (1: the paper).")
     random_negatives: int = param(64, Interval(int, 0), "Random corpus rows in each supervised batch.")
@@ -257,8 +253,7 @@ class AdaptorConfig:
     supervised_shrink: float | str = param(
         1.0, AnyOf((Interval(float, 0, 1), Options(("validated",)))),
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
-        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries, or, when too few "
-        "are labelled to hold any out, by cross-fitting stage 2 on two halves of them).")
+        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries).")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")

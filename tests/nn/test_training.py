@@ -78,13 +78,6 @@ def test_listwise_mask_can_keep_query_anchors_out_of_every_list():
                        listwise_pool_mask(anchors, pool_rows, 10, queries_as_candidates=True))
 
 
-def test_stage_two_listwise_weight_defaults_to_the_stage_one_weight():
-    assert stage_weights(config(listwise_weight=0.5), 2)["listwise"] == 0.5
-    assert stage_weights(config(listwise_weight=0.5, supervised_listwise_weight=3.0), 2)["listwise"] == 3.0
-    assert stage_weights(config(listwise_weight=0.5, supervised_listwise_weight=3.0), 1)["listwise"] == 0.5
-    assert stage_weights(config(supervised_listwise_weight=0.0), 2)["listwise"] == 0.0
-
-
 def test_anchor_sampler_keeps_the_query_share():
     corpus = np.ones((100, 8), np.float32)
     t = Trainer(AdaptorNet(8, 8), (4, 8), config(), data_for(corpus, n_corpus_anchors=90))
@@ -221,33 +214,6 @@ def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
     best = max(zip(grid_scores, Trainer.SHRINK_GRID))[1]
     assert state.shrink == best and state.shrink in Trainer.SHRINK_GRID
     assert len(set(grid_scores)) > 1  # the grid was really scored (the points differ)
-
-
-def test_validated_shrink_without_a_holdout_is_cross_fitted_on_two_halves_of_the_labels():
-    def fit(shrink, scripted=()):
-        torch.manual_seed(0)
-        net = AdaptorNet(8, 8, learn_rotation=True)
-        start = _params(net)
-        cfg = config(supervised_steps=20, supervised_shrink=shrink, validation_fraction=0.1, batch_size=8,
-                     min_validation_queries=10, dynamic_negatives=0, lr=1e-2, seed=0)
-        t = Trainer(net, (2, 8), cfg, _labelled_problem(20))  # 2 would be held out < 10: none is
-        scored, scores = [], list(scripted)
-        t.query_ndcg = lambda q, k=10: scored.append(set(q.tolist())) or scores.pop(0)
-        return t.fit_supervised(), start, _params(net), scored
-
-    plain, start, trained, _ = fit(1.0)
-    # each half scores the grid (0, .25, .5, .75, 1) of the run on the other half; 0.5 wins in total
-    state, start2, kept, scored = fit("validated", (0.1, 0.2, 0.9, 0.3, 0.1) + (0.2, 0.1, 0.5, 0.6, 0.1))
-    assert state.shrink == 0.5 and state.shrink_scores["held_out"] == "cross-fit, 2 halves"
-    assert state.shrink_scores["0.5"] == (0.9 * 10 + 0.5 * 10) / 20
-    assert len(scored) == 10 and scored[0] == scored[4] and scored[5] == scored[9]
-    assert not scored[0] & scored[5] and len(scored[0] | scored[5]) == 20  # two disjoint halves of all 20
-    for k in start:  # the full stage 2 is the plain one; the kept weights are half way to it
-        assert torch.equal(start[k], start2[k])
-        assert torch.allclose(kept[k], start[k] + 0.5 * (trained[k] - start[k]), atol=1e-6)
-    # ties go to the trained weights
-    state, _, kept, _ = fit("validated", (0.5,) * 10)
-    assert state.shrink == 1.0 and all(torch.allclose(kept[k], trained[k]) for k in trained)
 
 
 def test_shrink_and_step_cap_are_validated_parameters():

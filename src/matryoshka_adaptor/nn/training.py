@@ -94,7 +94,6 @@ class TrainState:
     shrink: float = 1.0
     initial_by_dim: dict | None = None  # stage 2: held-out nDCG@10 per dim before its first step
     query_choice: dict | None = None  # use_queries="validated": both stage-1 scores and the one kept
-    shrink_scores: dict | None = None  # validated shrink: held-out nDCG@10 per grid value, and how it was held out
 
 
 # ------------------------------------------------------------------------------ batches
@@ -200,8 +199,7 @@ class LossTerm:
     supervised: bool = False
 
     def weight_in(self, config: AdaptorConfig, stage: int) -> float:
-        value = getattr(config, self.stage2_weight) if stage == 2 and self.stage2_weight else None
-        return getattr(config, self.weight) if value is None else value  # None: the stage-1 weight
+        return getattr(config, self.stage2_weight if stage == 2 and self.stage2_weight else self.weight)
 
 
 # The objective. Terms with weight 0 are not computed. Stage 2 adds the supervised terms to these.
@@ -209,7 +207,7 @@ LOSS_TERMS: tuple[LossTerm, ...] = (
     LossTerm("topk", _topk_term, "topk_weight"),
     LossTerm("pair", _pair_term, "alpha"),
     LossTerm("rec", _reconstruction_term, "beta", stage2_weight="supervised_beta"),
-    LossTerm("listwise", _listwise_term, "listwise_weight", stage2_weight="supervised_listwise_weight"),
+    LossTerm("listwise", _listwise_term, "listwise_weight"),
     LossTerm("binary", _binary_term, "binary_weight"),
     LossTerm("rank", _ranking_term, "gamma", supervised=True),
 )
@@ -646,6 +644,7 @@ class Trainer:
         weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
         train_q, val_q = self.labelled_split()
+        bs = min(cfg.batch_size, len(train_q))
         anchor_ids = self._anchor_ids(self._corpus_anchors_only)
         # Uniform anchors here: a raised query share lowered dev nDCG in this stage (docs/ablations.md).
         draw_anchors = self._anchor_sampler(anchor_ids, min(cfg.batch_size, len(anchor_ids)), 0.0)
@@ -656,71 +655,26 @@ class Trainer:
             if (step - 1) % cfg.eval_every == 0:
                 self._dynamic_hard = self.mine_adapted_negatives(cfg.dynamic_negatives)
 
-        def run(train_q: np.ndarray, val_q: np.ndarray, desc: str) -> TrainState:
-            bs = min(cfg.batch_size, len(train_q))
+        def step():
+            q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
+            loss, parts = weighted_sum(supervised, weights, self.supervised_batch(q))
+            if any(weights[t.name] for t in unsupervised):
+                u_loss, u_parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw_anchors(), weights))
+                loss = u_loss if loss is None else loss + u_loss
+                parts.update(u_parts)
+            return (self.anchors.new_zeros(()) if loss is None else loss), parts
 
-            def step():
-                q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
-                loss, parts = weighted_sum(supervised, weights, self.supervised_batch(q))
-                if any(weights[t.name] for t in unsupervised):
-                    u_loss, u_parts = weighted_sum(unsupervised, weights,
-                                                   self.unsupervised_batch(draw_anchors(), weights))
-                    loss = u_loss if loss is None else loss + u_loss
-                    parts.update(u_parts)
-                return (self.anchors.new_zeros(()) if loss is None else loss), parts
-
-            val = (lambda: self.query_ndcg(val_q)) if len(val_q) else None
-            steps = cfg.supervised_steps
-            if cfg.supervised_steps_per_query is not None:
-                steps = min(steps, max(1, math.ceil(cfg.supervised_steps_per_query * len(train_q))))
-            self._dynamic_hard = None
-            return self._loop(steps, step, val, desc, before_step=remine if cfg.dynamic_negatives else None)
-
+        val = (lambda: self.query_ndcg(val_q)) if len(val_q) else None
+        steps = cfg.supervised_steps
+        if cfg.supervised_steps_per_query is not None:
+            steps = min(steps, max(1, math.ceil(cfg.supervised_steps_per_query * len(train_q))))
         start = copy.deepcopy(self.net.state_dict())
-        state = run(train_q, val_q, "fit (supervised)")
+        state = self._loop(steps, step, val, "fit (supervised)", before_step=remine if cfg.dynamic_negatives else None)
         if state.diverged is None and cfg.supervised_shrink != 1.0:
-            val = (lambda: self.query_ndcg(val_q)) if len(val_q) else None
-            if cfg.supervised_shrink == "validated" and val is None and len(train_q) >= 2:
-                state.shrink, state.shrink_scores = self._cross_fitted_shrink(start, train_q, run)
-            else:
-                state.shrink = self._shrink_toward(start, cfg.supervised_shrink, val)
+            state.shrink = self._shrink_toward(start, cfg.supervised_shrink, val)
         return state
 
     SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-    def _cross_fitted_shrink(self, start: dict, train_q: np.ndarray, run) -> tuple[float, dict]:
-        """The validated shrink for a fit with too few labelled queries to hold any out.
-
-        The labelled queries are split in two halves; stage 2 runs from ``start`` on each half and the
-        shrink grid is scored on the other (nDCG@10, mean over dims, weighted by half size). The grid
-        value with the best total (ties: the larger) is applied to the weights stage 2 reached on all
-        of them, which are the trained weights on entry. Costs two more (smaller) stage-2 runs.
-        """
-        end = copy.deepcopy(self.net.state_dict())
-        # Its own stream, drawn after the full run: the full stage 2 is the same as without the shrink.
-        order = np.random.default_rng([self.config.seed, 3]).permutation(train_q)
-        halves = (order[: len(order) // 2], order[len(order) // 2 :])
-        totals = dict.fromkeys(self.SHRINK_GRID, 0.0)
-        for fit_half, score_half in (halves, halves[::-1]):
-            self.net.load_state_dict(start)
-            fold = run(fit_half, np.empty(0, dtype=np.int64), "fit (supervised, cross-fit)")
-            if fold.diverged is not None:
-                continue
-            fold_end = copy.deepcopy(self.net.state_dict())
-            for lam in self.SHRINK_GRID:
-                self._load_between(start, fold_end, lam)
-                totals[lam] += self.query_ndcg(score_half) * len(score_half)
-        shrink = max(self.SHRINK_GRID, key=lambda lam: (totals[lam], lam))
-        self._load_between(start, end, shrink)
-        n = len(train_q)
-        return float(shrink), {"held_out": "cross-fit, 2 halves",
-                               **{f"{lam:g}": totals[lam] / n for lam in self.SHRINK_GRID}}
-
-    @torch.no_grad()
-    def _load_between(self, start: dict, end: dict, lam: float) -> None:
-        """Load start + lam * (end - start) (non-float buffers from ``end``)."""
-        self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point() else end[k]
-                                  for k in end})
 
     @torch.no_grad()
     def _shrink_toward(self, start: dict, shrink: float | str, val) -> float:
@@ -728,18 +682,22 @@ class Trainer:
 
         Interpolating the raw parameters keeps one network of the same shape (the rotation's
         skew-symmetric generator interpolates to another rotation). ``shrink="validated"`` picks the grid
-        value with the best held-out score (ties: the larger shrink, i.e. the trained weights); without
-        held-out queries it keeps the trained weights (``fit_supervised`` cross-fits instead when it
-        has two or more labelled queries). Returns the shrink applied.
+        value with the best held-out score (ties: the larger shrink, i.e. the trained weights); with
+        no held-out queries it keeps the trained weights. Returns the shrink applied.
         """
         end = copy.deepcopy(self.net.state_dict())
+
+        def load(lam: float) -> None:
+            self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
+                                      else end[k] for k in end})
+
         if shrink == "validated":
             if val is None:
                 return 1.0
             scores = {}
             for lam in self.SHRINK_GRID:
-                self._load_between(start, end, lam)
+                load(lam)
                 scores[lam] = val()
             shrink = max(self.SHRINK_GRID, key=lambda lam: (scores[lam], lam))
-        self._load_between(start, end, shrink)
+        load(shrink)
         return float(shrink)
