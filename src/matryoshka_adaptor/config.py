@@ -251,9 +251,10 @@ class AdaptorConfig:
         "Cap stage 2 at this many steps per labelled training query (few labels: fewer steps, so the fit stays "
         "near the unsupervised start; None: supervised_steps only).", optional=True)
     supervised_shrink: float | str = param(
-        1.0, AnyOf((Interval(float, 0, 1), Options(("validated",)))),
+        "auto", AnyOf((Interval(float, 0, 1), Options(("validated", "auto")))),
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
-        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries).")
+        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 0.5 when "
+        "too few queries are labelled to hold any out (see min_validation_queries), else 1).")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")
@@ -363,7 +364,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(init="identity", topk_weight=1.0, alpha=1.0, beta=1.0, supervised_beta=1.0, gamma=1.0,
                   listwise_weight=0.0, rank_scale=1.0, steps=1500, supervised_steps=1000, hard_negatives=0,
                   learn_rotation=False, listwise_negatives=0, query_fraction=0.0, ema_decay=0.0,
-                  dynamic_negatives=0),
+                  dynamic_negatives=0, supervised_shrink=1.0),
 }
 assert set(RECIPES) == set(RECIPE_NAMES)
 for _recipe in RECIPES.values():  # a recipe with a bad value fails at import, not in a user's fit

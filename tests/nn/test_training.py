@@ -216,6 +216,29 @@ def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
     assert len(set(grid_scores)) > 1  # the grid was really scored (the points differ)
 
 
+def test_auto_shrink_halves_stage_two_only_when_no_query_is_held_out():
+    def fit(shrink, min_val):
+        torch.manual_seed(0)
+        net = AdaptorNet(8, 8, learn_rotation=True)
+        start = _params(net)
+        cfg = config(supervised_steps=20, supervised_shrink=shrink, validation_fraction=0.2, batch_size=8,
+                     min_validation_queries=min_val, dynamic_negatives=0, eval_every=5, lr=1e-2, seed=0)
+        state = Trainer(net, (2, 8), cfg, _labelled_problem(20)).fit_supervised()
+        return state, start, _params(net)
+
+    assert config().supervised_shrink == "auto"  # the default
+    # 4 of 20 would be held out: below 10 none is, and "auto" keeps the half-way weights
+    plain, start, trained = fit(1.0, 10)
+    state, _, kept = fit("auto", 10)
+    assert state.shrink == 0.5 and any(not torch.equal(start[k], trained[k]) for k in start)
+    for k in start:
+        assert torch.allclose(kept[k], start[k] + 0.5 * (trained[k] - start[k]), atol=1e-6)
+    # with a holdout, early stopping is the guard: "auto" is the plain fit
+    plain, _, trained = fit(1.0, 1)
+    state, _, kept = fit("auto", 1)
+    assert state.shrink == 1.0 and all(torch.equal(kept[k], trained[k]) for k in trained)
+
+
 def test_shrink_and_step_cap_are_validated_parameters():
     import pytest
 
@@ -228,6 +251,7 @@ def test_shrink_and_step_cap_are_validated_parameters():
     with pytest.raises(InputError, match="supervised_shrink='best' is not valid"):
         config(supervised_shrink="best")
     assert config(supervised_shrink="validated").supervised_shrink == "validated"
+    assert config(supervised_shrink="auto").supervised_shrink == "auto"
     assert config(supervised_shrink=1).supervised_shrink == 1.0
 
 

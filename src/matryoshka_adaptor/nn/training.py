@@ -235,8 +235,9 @@ def listwise_pool_mask(anchor_ids: torch.Tensor, pool_rows: torch.Tensor, n_corp
 
     Anchor ids below ``n_corpus_anchors`` are corpus rows; the rest are queries. An anchor's own
     vector, met as itself or as its corpus row in another anchor's neighbour list, is masked out:
-    it would take most of the target mass and teach nothing. Without ``queries_as_candidates`` the
-    query anchors are masked out of every list too, so each anchor ranks documents only.
+    it would take most of the target mass and teach nothing. Without ``queries_as_candidates`` (False
+    or None, as an unsupervised fit resolves it) the query anchors are masked out of every list too,
+    so each anchor ranks documents only.
     """
     anchor_key = torch.where(anchor_ids < n_corpus_anchors, anchor_ids, -1 - anchor_ids)
     pool_key = torch.cat([anchor_key, pool_rows])
@@ -670,11 +671,17 @@ class Trainer:
             steps = min(steps, max(1, math.ceil(cfg.supervised_steps_per_query * len(train_q))))
         start = copy.deepcopy(self.net.state_dict())
         state = self._loop(steps, step, val, "fit (supervised)", before_step=remine if cfg.dynamic_negatives else None)
-        if state.diverged is None and cfg.supervised_shrink != 1.0:
-            state.shrink = self._shrink_toward(start, cfg.supervised_shrink, val)
+        shrink = cfg.supervised_shrink
+        if shrink == "auto":
+            # No held-out queries (too few labels): nothing tells whether stage 2 carries over to other
+            # queries, so keep the weights half way between the two stages (docs/ablations.md).
+            shrink = 1.0 if val is not None else self.FEW_LABEL_SHRINK
+        if state.diverged is None and shrink != 1.0:
+            state.shrink = self._shrink_toward(start, shrink, val)
         return state
 
     SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+    FEW_LABEL_SHRINK = 0.5  # supervised_shrink="auto" without held-out queries
 
     @torch.no_grad()
     def _shrink_toward(self, start: dict, shrink: float | str, val) -> float:
