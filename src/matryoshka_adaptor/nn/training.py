@@ -235,9 +235,8 @@ def listwise_pool_mask(anchor_ids: torch.Tensor, pool_rows: torch.Tensor, n_corp
 
     Anchor ids below ``n_corpus_anchors`` are corpus rows; the rest are queries. An anchor's own
     vector, met as itself or as its corpus row in another anchor's neighbour list, is masked out:
-    it would take most of the target mass and teach nothing. Without ``queries_as_candidates`` (False
-    or None, as an unsupervised fit resolves it) the query anchors are masked out of every list too,
-    so each anchor ranks documents only.
+    it would take most of the target mass and teach nothing. Without ``queries_as_candidates`` the
+    query anchors are masked out of every list too, so each anchor ranks documents only.
     """
     anchor_key = torch.where(anchor_ids < n_corpus_anchors, anchor_ids, -1 - anchor_ids)
     pool_key = torch.cat([anchor_key, pool_rows])
