@@ -1,4 +1,4 @@
-"""The dev split and precomputed MiniLM vectors shared by the research scripts in this folder.
+"""The dev split, precomputed vectors and XQuAD-R article ids shared by the research scripts in this folder.
 
 Imported as ``from dev_splits import ...`` (a script's own folder is first on ``sys.path``).
 """
@@ -14,9 +14,31 @@ from matryoshka_adaptor.embed.sources import Precomputed, load_precomputed
 DEV_SEED, FIT_SHARE = 123, 0.7
 
 
+PARAGRAPHS_PER_ARTICLE = 5  # XQuAD: 240 paragraphs of 48 articles, in article order
+
+
 def minilm_vectors(data: str | Path) -> Precomputed:
     """The precomputed all-MiniLM-L6-v2 vectors of a BEIR folder of ``../shared/data``."""
     return load_precomputed(Path(data) / "embeddings" / "all-MiniLM-L6-v2")
+
+
+def is_xquad(data: str | Path) -> bool:
+    return "xquad-r" in Path(data).parts
+
+
+def shared_model(data: str | Path) -> str:
+    """The model of the precomputed vectors the scripts use in a ``../shared/data`` folder."""
+    return "multilingual-e5-small-q4" if is_xquad(data) else "all-MiniLM-L6-v2"
+
+
+def shared_vectors(data: str | Path) -> Precomputed:
+    """The precomputed vectors of a ``../shared/data`` folder: multilingual-e5 for XQuAD-R, else MiniLM."""
+    return load_precomputed(Path(data) / "embeddings" / shared_model(data))
+
+
+def xquad_article(positives) -> int:
+    """The XQuAD-R article a question asks about, from its relevant corpus ids ("<lang>-p<paragraph>s<sentence>")."""
+    return int(next(iter(positives)).split("-p")[1].split("s")[0]) // PARAGRAPHS_PER_ARTICLE
 
 
 def dev_split(data: str | Path, ds, query_ids: list[str], *, use_dev_qrels: bool = True):

@@ -6,9 +6,10 @@ For each train query, its 10 nearest neighbours by full-dim cosine among (the ot
 and the corpus); prints the share of those neighbours that are queries, and the mean cosine of a
 query with its 10 nearest queries and with its 10 nearest documents. When the share is high, the
 listwise term of an unsupervised fit with query anchors spends a query anchor's target on other
-queries; the mean cosine to *all* other queries against all documents tells whether that is because the
-queries are about the same things (a symmetric model) or because every query looks like every other
-(an asymmetric model's ``query: `` prefix) (the option ``queries_as_candidates=False`` masks them; docs/ablations.md, session 7).
+queries (the option ``queries_as_candidates=False`` masks them; docs/ablations.md, session 7). The
+mean cosine to *all* other queries against all documents tells whether that is because the queries
+are about the same things (a symmetric model) or because every query looks like every other (an
+asymmetric model's ``query: `` prefix).
 Reads only the train queries; the test split is never used.
 """
 
@@ -20,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
+from matryoshka_adaptor.validation import l2_normalize
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from dev_splits import shared_model, shared_vectors
 
 
 def main() -> None:
@@ -39,11 +38,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.datasets:
         folder = Path(args.data_dir) / name
-        model = "multilingual-e5-small-q4" if name.startswith("xquad-r") else "all-MiniLM-L6-v2"
-        pre, ds = load_precomputed(folder / "embeddings" / model), load_beir(folder)
+        model, pre, ds = shared_model(folder), shared_vectors(folder), load_beir(folder)
         train = ds.qrels["train"]
-        Q = unit(pre.queries[[i for i, q in enumerate(pre.query_ids) if q in train]])
-        C = unit(pre.corpus)
+        Q = l2_normalize(pre.queries[[i for i, q in enumerate(pre.query_ids) if q in train]])
+        C = l2_normalize(pre.corpus)
         shares, to_q, to_c, all_q, all_c = [], [], [], [], []
         for s in range(0, len(Q), 512):
             qq = Q[s : s + 512] @ Q.T

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka_adaptor import MatryoshkaAdaptor
-from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.label_curve import label_subset
 from matryoshka_adaptor.eval.methods import FitData, make_method
@@ -38,7 +37,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import dev_split
+from dev_splits import dev_split, is_xquad, shared_vectors, xquad_article
 
 DIMS = (16, 32, 64, 128, 256, 384)
 DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
@@ -48,13 +47,12 @@ def load_dev_data(name: str, data_dir: Path):
     """(corpus vectors, corpus ids, query vectors by id, fit qrels, dev qrels) for one dataset."""
     folder = data_dir / name
     ds = load_beir(folder)
-    model = "multilingual-e5-small-q4" if name.startswith("xquad-r") else "all-MiniLM-L6-v2"
-    pre = load_precomputed(folder / "embeddings" / model)
+    pre = shared_vectors(folder)
     qvec = dict(zip(pre.query_ids, pre.queries))
     train = ds.qrels["train"]
     train_q = [q for q in pre.query_ids if q in train]
-    if name.startswith("xquad-r"):
-        article = {q: int(next(iter(train[q])).split("-p")[1].split("s")[0]) // 5 for q in train_q}
+    if is_xquad(folder):
+        article = {q: xquad_article(train[q]) for q in train_q}
         dev_articles = set(np.random.default_rng(123).permutation(sorted(set(article.values())))[:7].tolist())
         fit_q = [q for q in train_q if article[q] not in dev_articles]
         dev = {q: train[q] for q in train_q if article[q] in dev_articles}

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.cluster import KMeans
 
-from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
 
-PARAGRAPHS_PER_ARTICLE = 5  # XQuAD: 240 paragraphs of 48 articles, in article order
+from dev_splits import shared_vectors, xquad_article
 
 
 def main() -> None:
@@ -33,14 +32,12 @@ def main() -> None:
     args = ap.parse_args()
     for lang in args.langs.split(","):
         folder = Path(args.data_dir) / "xquad-r" / lang
-        ds, pre = load_beir(folder), load_precomputed(folder / "embeddings" / "multilingual-e5-small-q4")
+        ds, pre = load_beir(folder), shared_vectors(folder)
         train = ds.qrels["train"]
         row = {c: i for i, c in enumerate(pre.corpus_ids)}
         qrow = {q: i for i, q in enumerate(pre.query_ids)}
         questions = [q for q in pre.query_ids if q in train]
-        # corpus ids are "<lang>-p<paragraph>s<sentence>"
-        article = np.array([int(next(iter(train[q])).split("-p")[1].split("s")[0]) // PARAGRAPHS_PER_ARTICLE
-                            for q in questions])
+        article = np.array([xquad_article(train[q]) for q in questions])
         by_query = pre.queries[[qrow[q] for q in questions]]
         by_positive = np.stack([pre.corpus[[row[d] for d in train[q]]].mean(0) for q in questions])
         by_positive /= np.linalg.norm(by_positive, axis=1, keepdims=True)
