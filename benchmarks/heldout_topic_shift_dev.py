@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka_adaptor import MatryoshkaAdaptor
-from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
+
+from dev_splits import shared_vectors
 
 DIMS = (16, 32, 64, 128, 384)
 
@@ -44,7 +45,7 @@ def main() -> None:
     params = eval(f"dict({args.params})")  # a benchmark script's own command line, as in ablation_dev.py
     folder = Path(args.data_dir) / "xquad-r" / args.lang
     ds = load_beir(folder)
-    pre = load_precomputed(folder / "embeddings" / "multilingual-e5-small-q4")
+    pre = shared_vectors(folder)
     corpus, queries, cid = pre.corpus, pre.queries, pre.corpus_ids
     qpos = {q: i for i, q in enumerate(pre.query_ids)}
     train, test = ds.qrels["train"], ds.qrels["test"]
