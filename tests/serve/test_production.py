@@ -69,7 +69,9 @@ def test_lone_surrogate_is_a_400_to_its_sender_and_never_reaches_its_batch():
 
 def test_a_model_failure_fails_only_the_request_whose_text_caused_it():
     model = FakeModel(D, fail_on="boom")
-    app = create_app(model, model_name="m", native_dim=D, limits=ServerLimits(batch_window_ms=100))
+    # A window long enough that all nine requests share the first call even on a loaded machine: with
+    # 100 ms the failing request once arrived late, ran alone and had nothing to be isolated from.
+    app = create_app(model, model_name="m", native_dim=D, limits=ServerLimits(batch_window_ms=2000))
     with BackgroundServer(app) as url:
         with cf.ThreadPoolExecutor(9) as pool:
             good = [pool.submit(post, url, {"model": "m", "input": f"text {i}"}) for i in range(8)]
