@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from matryoshka_adaptor import MatryoshkaAdaptor
 from matryoshka_adaptor.eval.methods import FitData, make_method
@@ -43,14 +42,9 @@ from topic_holdout_dev import DIMS, load_dev_data
 
 
 def per_dim_kl(anchors, pool, target, dims, temperature, mask):
-    """The listwise KL of ``losses.listwise_distillation_loss``, one value per dim: shape (M,)."""
-    logits = losses.prefix_cosine_matrix(anchors, pool, dims) / temperature
-    target_logits = (target / temperature).masked_fill(~mask, float("-inf"))
-    logits = logits.masked_fill(~mask[None], float("-inf"))
-    p_target = F.softmax(target_logits, dim=-1)
-    terms = p_target[None] * (F.log_softmax(target_logits, dim=-1)[None] - F.log_softmax(logits, dim=-1))
-    terms = torch.where(p_target[None] > 0, terms, torch.zeros_like(terms))
-    return terms.sum(-1).mean(-1)
+    """The library's listwise KL, one value per dim: shape (M,)."""
+    return losses.listwise_distillation_loss(anchors, pool, target, dims, temperature=temperature, mask=mask,
+                                             reduction="per_dim")
 
 
 def listwise_term_for(arm: str):

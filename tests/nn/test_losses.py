@@ -114,8 +114,9 @@ def test_listwise_distillation_loss(rng):
     target = rng.uniform(-1, 1, size=(n, p))
     mask = np.ones((n, p), bool)
     mask[0, 2] = False
-    total = 0.0
+    per_dim = []
     for m in DIMS:
+        total = 0.0
         for i in range(n):
             valid = [j for j in range(p) if mask[i, j]]
             t = np.array([target[i, j] / temp for j in valid])
@@ -123,10 +124,15 @@ def test_listwise_distillation_loss(rng):
             pt = np.exp(t - t.max()) / np.exp(t - t.max()).sum()
             ps = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
             total += float(np.sum(pt * (np.log(pt) - np.log(ps))))
-    ref = total / (len(DIMS) * n)
-    got = losses.listwise_distillation_loss(torch.tensor(anchors), torch.tensor(pool), torch.tensor(target), DIMS,
-                                            temperature=temp, mask=torch.tensor(mask))
-    assert got.item() == pytest.approx(ref, rel=1e-9)
+        per_dim.append(total / n)
+    args = torch.tensor(anchors), torch.tensor(pool), torch.tensor(target), DIMS
+    got = losses.listwise_distillation_loss(*args, temperature=temp, mask=torch.tensor(mask))
+    assert got.item() == pytest.approx(sum(per_dim) / len(DIMS), rel=1e-9)
+    got_per_dim = losses.listwise_distillation_loss(*args, temperature=temp, mask=torch.tensor(mask),
+                                                    reduction="per_dim")
+    assert got_per_dim.numpy() == pytest.approx(per_dim, rel=1e-9)
+    with pytest.raises(ValueError, match="reduction must be"):
+        losses.listwise_distillation_loss(*args, reduction="sum")
 
 
 def test_losses_are_zero_when_adapted_equals_original(rng):

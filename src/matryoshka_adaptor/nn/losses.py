@@ -85,14 +85,18 @@ def listwise_distillation_loss(
     *,
     temperature: float = 0.05,
     mask: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Rank-aware extension (not in the paper): KL(softmax(target/T) || softmax(cos_m/T)) per anchor.
 
     Every candidate in ``pool`` is scored for every anchor; the target distribution
     comes from the full-dim cosines, so the m-prefix must reproduce the *ordering*
     at the top of each list rather than raw cosine values. ``mask`` (n, p) marks
-    valid candidates (False for the anchor itself).
+    valid candidates (False for the anchor itself). ``reduction="mean"`` returns the mean
+    over dims and anchors (a scalar); ``"per_dim"`` the mean over anchors for each dim, shape (M,).
     """
+    if reduction not in ("mean", "per_dim"):
+        raise ValueError(f"reduction must be 'mean' or 'per_dim', got {reduction!r}")
     logits = prefix_cosine_matrix(anchors, pool, dims) / temperature  # (M, n, p)
     target_logits = target / temperature
     if mask is not None:
@@ -103,7 +107,8 @@ def listwise_distillation_loss(
     log_p = F.log_softmax(logits, dim=-1)
     terms = p_target[None] * (log_p_target[None] - log_p)
     terms = torch.where(p_target[None] > 0, terms, torch.zeros_like(terms))
-    return terms.sum(-1).mean()
+    per_anchor = terms.sum(-1)  # (M, n)
+    return per_anchor.mean() if reduction == "mean" else per_anchor.mean(-1)
 
 
 def ranking_loss(
