@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.benchmark import machine_description
 from matryoshka_adaptor.index import FunnelIndex, iter_arrays
 from matryoshka_adaptor.quantization import bytes_per_vector
@@ -202,8 +203,8 @@ def main() -> None:
     result = {"machine": machine_description(), "command": " ".join(sys.argv), "stores": [],
               "load_average_start": os.getloadavg()}
     if args.scifact:
-        emb = Path(args.scifact) / "embeddings" / "all-MiniLM-L6-v2"
-        corpus, queries = np.load(emb / "corpus.npy"), np.load(emb / "queries.npy")
+        pre = load_precomputed(Path(args.scifact) / "embeddings" / "all-MiniLM-L6-v2")
+        corpus, queries = pre.corpus, pre.queries
         result["stores"].append(run_store("scifact", corpus, queries[:300], out / "tables", args.single,
                                            args.batched, configs))
     if args.synthetic:
