@@ -223,9 +223,10 @@ class AdaptorConfig:
     query_fraction: float = param(0.25, Interval(float, 0, 1),
                                   "Minimum share of query anchors per batch in an unsupervised fit with queries "
                                   "(0: uniform; supervised fits always draw uniformly).")
-    queries_as_candidates: bool = param(
-        True, Boolean(),
-        "Query anchors are candidates in every anchor's listwise pool (False: each anchor ranks documents only).")
+    queries_as_candidates: bool | str = param(
+        "auto", AnyOf((Boolean(), Options(("auto",)))),
+        "Query anchors are candidates in every anchor's listwise pool (False: each anchor ranks documents only; "
+        "'auto': False in unsupervised fits, True in supervised ones).")
     use_queries: bool | str = param(
         True, AnyOf((Boolean(), Options(("validated",)))),
         "Let the unsupervised losses also see query vectors (no labels). 'validated' (supervised fits): run "
@@ -267,10 +268,10 @@ class AdaptorConfig:
     max_validation_anchors: int = param(512, Interval(int, 1), "Cap on held-out anchors in stage 1.")
     max_validation_queries: int = param(1000, Interval(int, 1), "Cap on held-out labelled queries in stage 2.")
     min_validation_queries: int = param(
-        10, Interval(int, 1),
+        20, Interval(int, 1),
         "Hold labelled queries out for early stopping (and the validated shrink) only when at least this many "
-        "would be held out (below ~95 labelled queries at validation_fraction 0.1); fewer: stage 2 trains on "
-        "all of them for all its steps, since 2-9 held-out queries choose a step by noise.")
+        "would be held out (from ~195 labelled queries at validation_fraction 0.1); fewer: stage 2 trains on "
+        "all of them for all its steps, since a holdout of 2-19 queries chooses a step by noise.")
     eval_every: int = param(100, Interval(int, 1), "Steps between validations.")
     patience: int = param(5, Interval(int, 1), "Validations without improvement before stage 2 stops.")
     min_improvement: float = param(1e-5, Interval(float, 0), "Smallest validation gain that counts as better.")

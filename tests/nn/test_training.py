@@ -78,6 +78,27 @@ def test_listwise_mask_can_keep_query_anchors_out_of_every_list():
                        listwise_pool_mask(anchors, pool_rows, 10, queries_as_candidates=True))
 
 
+def test_auto_query_candidates_rank_documents_only_in_unsupervised_fits():
+    corpus = np.eye(12, 8, dtype=np.float32) + 0.1
+    anchors = np.concatenate([corpus, np.ones((4, 8), np.float32)])  # 12 corpus rows, then 4 query anchors
+    nb_idx = np.tile(np.arange(3), (16, 1))
+
+    def batch_mask(qc, *, positives=None):
+        data = data_for(corpus, anchors=anchors, n_corpus_anchors=12, nb_idx=nb_idx,
+                        queries=None if positives is None else np.ones((1, 8), np.float32), positives=positives)
+        t = Trainer(AdaptorNet(8, 8), (4, 8), config(queries_as_candidates=qc), data)
+        b = t.unsupervised_batch(torch.arange(16), stage_weights(t.config, 1))
+        return t.queries_as_candidates, listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
+                                                           queries_as_candidates=b.queries_as_candidates)
+
+    assert config().queries_as_candidates == "auto"  # the default
+    resolved, mask = batch_mask("auto")
+    assert resolved is False and mask[:, 12:16].sum() == 0  # no list holds a query anchor
+    resolved, mask = batch_mask("auto", positives=[[(0, 1.0)]])
+    assert resolved is True and mask[:, 12:16].sum() > 0  # a supervised fit keeps them
+    assert batch_mask(True)[0] is True and batch_mask(False, positives=[[(0, 1.0)]])[0] is False
+
+
 def test_anchor_sampler_keeps_the_query_share():
     corpus = np.ones((100, 8), np.float32)
     t = Trainer(AdaptorNet(8, 8), (4, 8), config(), data_for(corpus, n_corpus_anchors=90))
@@ -260,6 +281,18 @@ def test_validated_shrink_is_reachable_from_the_estimator():
     from matryoshka_adaptor import MatryoshkaAdaptor
 
     assert MatryoshkaAdaptor(supervised_shrink="validated").resolved_settings().supervised_shrink == "validated"
+
+
+def test_by_default_fewer_than_twenty_held_out_queries_are_not_kept_back():
+    # 10 held-out queries (100 labels) chose stage 2's step by noise on NFCorpus and SciFact dev
+    corpus = np.eye(250, 8, dtype=np.float32) + 0.1
+
+    def held_out(n_labelled):
+        data = data_for(corpus, queries=np.ones((n_labelled, 8), np.float32),
+                        positives=[[(i, 1.0)] for i in range(n_labelled)])
+        return len(Trainer(AdaptorNet(8, 8), (4, 8), config(), data).labelled_split()[1])
+
+    assert (held_out(100), held_out(190), held_out(200), held_out(250)) == (0, 0, 20, 25)
 
 
 def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
