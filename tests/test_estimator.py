@@ -151,7 +151,9 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
     ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(160)])
     params = dict(dims=(4, 8, 32), **{**FAST, "steps": 20, "supervised_steps": 100})
-    supervised = MatryoshkaAdaptor(**params).fit(corpus, queries[train], qrels, **ids)
+    # 16 of the 160 are held out, so stage 2 early-stops and is kept whole (the default holds out
+    # only from 20 on, and keeps half of an unchecked stage 2).
+    supervised = MatryoshkaAdaptor(**params, min_validation_queries=10).fit(corpus, queries[train], qrels, **ids)
     unlabeled = MatryoshkaAdaptor(**params).fit(corpus, queries[train])  # the same queries, no labels
 
     def precision_at_10(est, dim):
