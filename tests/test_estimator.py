@@ -169,6 +169,9 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     # The raised query share is for unlabeled fits only; the settings record what ran.
     assert supervised.settings_.query_fraction == 0.0 and supervised.settings_.dynamic_negatives == 16
     assert unlabeled.settings_.query_fraction == 0.25 and not unlabeled.supervised_
+    # "auto" query candidates: kept in the supervised fit, masked in the unlabelled one
+    assert supervised.settings_.queries_as_candidates is True
+    assert unlabeled.settings_.queries_as_candidates is False
 
 
 @pytest.mark.parametrize("params, reason", [(dict(lr=1e6), "the validation score fell"),

@@ -354,6 +354,16 @@ def check_param(name: str, value: Any) -> Any:
         raise InputError(f"{name}={value!r} is not valid: {name} must be {allowed}.") from None
 
 
+def resolve_queries_as_candidates(value: bool | str, supervised: bool) -> bool:
+    """``queries_as_candidates`` for one fit: ``"auto"`` is False without labels, True with them.
+
+    Models with query / passage prefixes put a query nearer other queries than its documents, so in an
+    unsupervised fit a query anchor ranks documents only; supervised fits, where the mask was mixed,
+    keep the candidates (docs/ablations.md, sessions 7 and 8).
+    """
+    return supervised if value == "auto" else bool(value)
+
+
 DEFAULTS = AdaptorConfig()
 
 # Recipes: partial configs over the defaults (which are the "default" recipe, chosen on a SciFact

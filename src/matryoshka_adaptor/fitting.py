@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AdaptorConfig, default_dims, large_input_architecture
+from .config import AdaptorConfig, default_dims, large_input_architecture, resolve_queries_as_candidates
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -174,7 +174,8 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         # A raised query share made a worse start for the supervised stage (docs/ablations.md):
         # it applies to fits without labels only, and the recorded settings say what ran.
         config = config.replace(query_fraction=0.0)
-    config = config.replace(dims=inputs.dims)
+    config = config.replace(dims=inputs.dims, queries_as_candidates=resolve_queries_as_candidates(
+        config.queries_as_candidates, inputs.supervised))
     n, d = inputs.corpus.shape
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)

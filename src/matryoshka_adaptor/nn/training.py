@@ -36,7 +36,7 @@ import torch
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ..config import AdaptorConfig
+from ..config import AdaptorConfig, resolve_queries_as_candidates
 from ..errors import TrainingDivergedWarning
 from . import losses
 from .module import AdaptorNet
@@ -327,11 +327,7 @@ class Trainer:
         self._labelled_split: tuple[np.ndarray, np.ndarray] | None = None
         self._corpus_anchors_only = False
         self.last_val_by_dim: dict | None = None
-        qc = config.queries_as_candidates
-        # "auto": in an unsupervised fit a query anchor ranks documents only, since models with query /
-        # passage prefixes put a query nearer other queries than its documents; supervised fits, where
-        # the mask was mixed, keep the candidates (docs/ablations.md).
-        self.queries_as_candidates = data.supervised if qc == "auto" else bool(qc)
+        self.queries_as_candidates = resolve_queries_as_candidates(config.queries_as_candidates, data.supervised)
 
     # ----------------------------------------------------------------- helpers
     def _t(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
