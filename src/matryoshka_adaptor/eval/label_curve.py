@@ -141,6 +141,7 @@ def plot_label_curve(result: dict, path, metric: str = "ndcg@10"):
     with_labels = [m for m in result["methods"] if any(e["method"] == m and e.get("labels") is not None
                                                        for e in summary)]
     without = [m for m in result["methods"] if m != "full" and m not in with_labels]
+    counts = sorted({e["labels"] for e in summary if e.get("labels") is not None})
     cols = min(3, len(dims))
     rows = -(-len(dims) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), dpi=110, squeeze=False)
@@ -156,6 +157,9 @@ def plot_label_curve(result: dict, path, metric: str = "ndcg@10"):
             if e is not None:
                 ax.axhline(e[metric], linestyle="--", color=f"C{len(with_labels) + j}", label=m)
         ax.set_xscale("log")
+        # Ticks at the measured counts only: log-axis minor labels (3x10^1, 4x10^1, ...) overlap.
+        ax.set_xticks(counts, labels=[str(c) for c in counts])
+        ax.minorticks_off()
         ax.set_title(f"{d} dims", fontsize=9)
         ax.set_xlabel("labelled queries")
         ax.set_ylabel(metric)
