@@ -62,7 +62,11 @@ def check_arm(term: str, arm: str) -> None:
     kind, _, arg = arm.partition(":")
     arms = LISTWISE_ARMS if term == "listwise" else RANK_ARMS
     needs_arg = kind in ("hinge", "first")
-    if kind not in arms or needs_arg != bool(arg):
+    try:
+        weight_ok = float(arg) >= 0 if needs_arg else not arg
+    except ValueError:
+        weight_ok = False
+    if kind not in arms or not weight_ok:
         raise SystemExit(f"unknown {term} arm {arm!r}: use one of {', '.join(arms)} ('hinge:W' / 'first:W' "
                          "take a weight)")
 
