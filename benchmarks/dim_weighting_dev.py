@@ -76,7 +76,7 @@ def listwise_term_for(arm: str):
 
     def term(b: training.UnsupervisedBatch) -> torch.Tensor:
         mask = training.listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
-                                           queries_as_candidates=b.queries_as_candidates)
+                                           queries_as_candidates=b.config.queries_as_candidates)
         kl = per_dim_kl(b.anchors_adapted, b.adapted, b.target, b.dims, b.config.temperature, mask)
         m = torch.as_tensor(b.dims, dtype=kl.dtype)
         if kind == "uniform":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AdaptorConfig, default_dims, large_input_architecture, resolve_queries_as_candidates
+from .config import AdaptorConfig, default_dims, large_input_architecture
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -174,8 +174,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         # A raised query share made a worse start for the supervised stage (docs/ablations.md):
         # it applies to fits without labels only, and the recorded settings say what ran.
         config = config.replace(query_fraction=0.0)
-    config = config.replace(dims=inputs.dims, queries_as_candidates=resolve_queries_as_candidates(
-        config.queries_as_candidates, inputs.supervised))
+    config = config.replace(dims=inputs.dims)
     n, d = inputs.corpus.shape
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -246,4 +245,5 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         "total_seconds": round(time.perf_counter() - started, 3),
         "device": device,
     })
-    return FitResult(weights, d, inputs.dims, hidden, config, history, summary)
+    # the trainer's config: its "auto" settings resolved for this fit, as the recorded settings should be
+    return FitResult(weights, d, inputs.dims, hidden, trainer.config, history, summary)

@@ -88,8 +88,8 @@ def test_auto_query_candidates_rank_documents_only_in_unsupervised_fits():
                         queries=None if positives is None else np.ones((1, 8), np.float32), positives=positives)
         t = Trainer(AdaptorNet(8, 8), (4, 8), config(queries_as_candidates=qc), data)
         b = t.unsupervised_batch(torch.arange(16), stage_weights(t.config, 1))
-        return t.queries_as_candidates, listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
-                                                           queries_as_candidates=b.queries_as_candidates)
+        qc = b.config.queries_as_candidates  # what the listwise term reads
+        return qc, listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors, queries_as_candidates=qc)
 
     assert config().queries_as_candidates == "auto"  # the default
     resolved, mask = batch_mask("auto")

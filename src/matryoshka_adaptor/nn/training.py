@@ -112,7 +112,6 @@ class UnsupervisedBatch:
     n_corpus_anchors: int
     dims: tuple[int, ...]
     config: AdaptorConfig
-    queries_as_candidates: bool = True  # config.queries_as_candidates, "auto" resolved by the trainer
 
     @property
     def n(self) -> int:
@@ -157,14 +156,14 @@ def _listwise_term(b: UnsupervisedBatch) -> torch.Tensor:
     # each anchor's own top-k are the positives, the others' neighbours are hard negatives, the
     # random rows stand for the rest of the corpus.
     mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
-                              queries_as_candidates=b.queries_as_candidates)
+                              queries_as_candidates=b.config.queries_as_candidates)
     return losses.listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
                                              temperature=b.config.temperature, mask=mask)
 
 
 def _binary_term(b: UnsupervisedBatch) -> torch.Tensor:
     mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
-                              queries_as_candidates=b.queries_as_candidates)
+                              queries_as_candidates=b.config.queries_as_candidates)
     return losses.binary_listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
                                                     temperature=b.config.temperature, mask=mask)
 
@@ -313,7 +312,9 @@ class Trainer:
                  *, device: str = "cpu"):
         self.net = net.to(device)
         self.dims = tuple(dims)
-        self.config = config
+        # "auto" settings resolved for this fit, so the config says what runs
+        self.config = config.replace(queries_as_candidates=resolve_queries_as_candidates(
+            config.queries_as_candidates, data.supervised))
         self.device = device
         self.rng = np.random.default_rng(config.seed)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -327,7 +328,6 @@ class Trainer:
         self._labelled_split: tuple[np.ndarray, np.ndarray] | None = None
         self._corpus_anchors_only = False
         self.last_val_by_dim: dict | None = None
-        self.queries_as_candidates = resolve_queries_as_candidates(config.queries_as_candidates, data.supervised)
 
     # ----------------------------------------------------------------- helpers
     def _t(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -370,7 +370,7 @@ class Trainer:
         # The anchors' slice is taken once, here, before any term: every term shares the same
         # graph node (and autograd accumulates their gradients in a fixed order).
         return UnsupervisedBatch(adapted, adapted[: len(anchor_ids)], z, anchor_ids, pool_rows, self.neighbor_sims[anchor_ids],
-                                 self.data.n_corpus_anchors, self.dims, self.config, self.queries_as_candidates)
+                                 self.data.n_corpus_anchors, self.dims, self.config)
 
     def supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pool corpus rows, grades (B, pool), which pool docs act as each query's positive j).
