@@ -15,11 +15,12 @@ DEV_SEED, FIT_SHARE = 123, 0.7
 
 
 PARAGRAPHS_PER_ARTICLE = 5  # XQuAD: 240 paragraphs of 48 articles, in article order
+MINILM, E5 = "all-MiniLM-L6-v2", "multilingual-e5-small-q4"  # the models of ../shared/data's vectors
 
 
 def minilm_vectors(data: str | Path) -> Precomputed:
     """The precomputed all-MiniLM-L6-v2 vectors of a BEIR folder of ``../shared/data``."""
-    return load_precomputed(Path(data) / "embeddings" / "all-MiniLM-L6-v2")
+    return load_precomputed(Path(data) / "embeddings" / MINILM)
 
 
 def is_xquad(data: str | Path) -> bool:
@@ -28,7 +29,7 @@ def is_xquad(data: str | Path) -> bool:
 
 def shared_model(data: str | Path) -> str:
     """The model of the precomputed vectors the scripts use in a ``../shared/data`` folder."""
-    return "multilingual-e5-small-q4" if is_xquad(data) else "all-MiniLM-L6-v2"
+    return E5 if is_xquad(data) else MINILM
 
 
 def shared_vectors(data: str | Path) -> Precomputed:
