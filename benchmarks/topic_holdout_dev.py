@@ -13,8 +13,9 @@ Dev splits (the test split is never read):
 
 Rows per seed: PCA, the corpus-only adaptor, the adaptor with the fit queries unlabelled, and one
 supervised fit per ``--arms`` entry (a Python keyword list for MatryoshkaAdaptor; "" is the
-default). A supervised fit run with ``supervised_shrink="validated"`` also prints its weights before
-the validated shrink (``lambda=1``) and its stage-1 weights (``lambda=0``), from the same fit. Each
+default). A supervised fit whose shrink ran (``supervised_shrink="validated"``, or ``"auto"``, the default)
+also prints, from the same fit, its weights before the shrink (``lambda=1``), half way (``lambda=0.5``)
+and its stage-1 weights (``lambda=0``). Each
 row is appended to ``--out`` as one JSON line, so runs can be merged into tables.
 """
 
@@ -71,9 +72,9 @@ def capture_shrink():
         box["trainer"] = self
         return fit_supervised(self)
 
-    def wrapped_shrink(self, start, lam, val):
+    def wrapped_shrink(self, start, lam, val, state):
         box["stage2"] = copy.deepcopy(self.net.state_dict())
-        return shrink(self, start, lam, val)
+        return shrink(self, start, lam, val, state)
 
     training.Trainer.fit_supervised = wrapped_fit
     training.Trainer._shrink_toward = wrapped_shrink
@@ -136,10 +137,11 @@ def main() -> None:
             secs = round(time.perf_counter() - t)
             summary = est.fit_summary_.get("supervised")
             emit(seed, arm or "default", adaptor_scores(est), fit_s=secs, stage2=summary)
-            if "stage2" in box:  # the validated shrink ran: also score lambda=1 and lambda=0 of this fit
-                net = box["trainer"].net
-                for lam, state in ((1.0, box["stage2"]), (0.0, box["stage1"])):
-                    net.load_state_dict(state)
+            if "stage2" in box:  # a shrink ran: also score lambda = 1, 0.5 and 0 of this fit
+                net, start, end = box["trainer"].net, box["stage1"], box["stage2"]
+                for lam in (1.0, 0.5, 0.0):
+                    net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
+                                         else end[k] for k in end})
                     est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
                     est._numpy = None
                     emit(seed, f"{arm or 'default'} | lambda={lam}", adaptor_scores(est))

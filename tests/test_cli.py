@@ -137,3 +137,25 @@ def test_fit_with_a_diverging_learning_rate_warns_and_saves_the_best_weights(tmp
 
     out = MatryoshkaAdaptor.load(tmp_path / "ad").transform(corpus, 8)
     assert np.isfinite(out).all()
+
+
+def test_a_supervised_fit_says_what_it_kept_of_its_supervised_stage(tmp_path, corpus):
+    np.save(tmp_path / "corpus.npy", corpus)
+    np.save(tmp_path / "queries.npy", corpus[:30] + 0.01)
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{i}\t{i}\t1\n" for i in range(30)))
+    common = ("--queries", tmp_path / "queries.npy", "--qrels", tmp_path / "qrels.tsv", "--dims", "4,8", "--steps",
+              "5", "--supervised-steps", "5", "-q", "--device", "cpu")
+    # 30 labels: 3 would be held out, below min_validation_queries=20, so nothing checks stage 2
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "a", *common)
+    assert r.exit_code == 0, r.output
+    assert "kept half way back to the unsupervised start: fewer than 20 labelled queries" in r.output
+    # a holdout of 3: the line reports the held-out evidence and the choice it made
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "b", *common,
+               "--params", '{"min_validation_queries": 3}')
+    assert r.exit_code == 0, r.output
+    assert "on 3 held-out labelled queries the trained weights beat the half-way ones by" in r.output
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "c", *common, "--params", '{"supervised_shrink": 1}')
+    assert r.exit_code == 0, r.output
+    assert "supervised stage kept at shrink 1 (supervised_shrink=1.0)" in r.output
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "d", "--dims", "4,8", "--steps", "5", "-q")
+    assert r.exit_code == 0 and "supervised stage" not in r.output  # no labels, no such line

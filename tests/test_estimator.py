@@ -9,6 +9,7 @@ from conftest import clustered
 from matryoshka_adaptor import MatryoshkaAdaptor, NotFittedError
 from matryoshka_adaptor.errors import InputError
 from matryoshka_adaptor.neighbors import exact_topk
+from matryoshka_adaptor.nn.training import Trainer
 
 # Fast fits skip the learned rotation unless a test is about it (it is the slow part of a step).
 FAST = dict(steps=60, supervised_steps=40, eval_every=20, batch_size=64, progress=False, device="cpu",
@@ -151,8 +152,8 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
     ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(160)])
     params = dict(dims=(4, 8, 32), **{**FAST, "steps": 20, "supervised_steps": 100})
-    # 16 of the 160 are held out, so stage 2 early-stops and is kept whole (the default holds out
-    # only from 20 on, and keeps half of an unchecked stage 2).
+    # 16 of the 160 are held out, so stage 2 early-stops, and is kept whole when those queries show it
+    # beyond noise (the default holds out only from 20 on, and keeps half of an unchecked stage 2).
     supervised = MatryoshkaAdaptor(**params, min_validation_queries=10).fit(corpus, queries[train], qrels, **ids)
     unlabeled = MatryoshkaAdaptor(**params).fit(corpus, queries[train])  # the same queries, no labels
 
@@ -162,7 +163,11 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
         return float(np.mean(doc_topic[top] == query_topic[test][:, None]))
 
     assert supervised.supervised_ and "supervised" in supervised.history_
-    assert supervised.fit_summary_["supervised"]["best_step"] > 0  # stage 2 improved on stage 1
+    summary = supervised.fit_summary_["supervised"]
+    assert summary["best_step"] > 0  # stage 2 improved on stage 1
+    evidence = summary["shrink_evidence"]  # here by ~5 standard errors over the half-way weights
+    assert evidence["held_out_queries"] == 16 and summary["shrink"] == 1.0
+    assert evidence["gain"] > Trainer.EVIDENCE_Z * evidence["standard_error"]
     # Held-out queries: labels lift precision@10 at 8 dims from ~0.55 to ~0.75 (seed 0).
     assert precision_at_10(supervised, 8) > precision_at_10(unlabeled, 8) + 0.1
     assert precision_at_10(supervised, 4) > precision_at_10(unlabeled, 4) + 0.05

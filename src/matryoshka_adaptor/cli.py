@@ -239,6 +239,28 @@ def fit(
             persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
     s = est.fit_summary_
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
+    if "supervised" in s:
+        typer.echo(_supervised_stage_line(s["supervised"], est.settings_))
+
+
+def _supervised_stage_line(stage2: dict, settings) -> str:
+    """One line on what a supervised fit kept of its stage 2, and on what evidence."""
+    lam, evidence = stage2.get("shrink", 1.0), stage2.get("shrink_evidence")
+    if stage2.get("diverged"):
+        return "supervised stage stopped by the divergence guard; its best weights were kept (see the warning)."
+    if settings.supervised_shrink == "auto" and evidence is not None:
+        n, gain, se = evidence["held_out_queries"], evidence["gain"], evidence["standard_error"]
+        measured = (f"on {n} held-out labelled queries the trained weights beat the half-way ones by {gain:+.4f} "
+                    f"nDCG@10 (standard error {se:.4f})")
+        if lam == 1.0:
+            return f"supervised stage kept whole: {measured}."
+        return (f"supervised stage kept half way back to the unsupervised start: {measured}, not beyond noise; "
+                "more labelled queries give a sharper check.")
+    if settings.supervised_shrink == "auto":
+        return (f"supervised stage kept half way back to the unsupervised start: fewer than "
+                f"{settings.min_validation_queries} labelled queries could be held out to check it "
+                f"(validation_fraction={settings.validation_fraction:g}).")
+    return f"supervised stage kept at shrink {lam:g} (supervised_shrink={settings.supervised_shrink!r})."
 
 
 @app.command()

@@ -254,8 +254,9 @@ class AdaptorConfig:
     supervised_shrink: float | str = param(
         "auto", AnyOf((Interval(float, 0, 1), Options(("validated", "auto")))),
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
-        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 0.5 when "
-        "too few queries are labelled to hold any out (see min_validation_queries), else 1).")
+        "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 1 only when "
+        "the held-out labelled queries show it better than 0.5 by more than 1.645 standard errors of their paired "
+        "gain, else 0.5, and 0.5 when too few queries are labelled to hold any out; see min_validation_queries).")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")

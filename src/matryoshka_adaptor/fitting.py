@@ -230,6 +230,8 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
                                  "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink,
                                  "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
+        if stage2.shrink_evidence is not None:
+            summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence
         if stage2.diverged:
             summary["supervised"]["diverged"] = stage2.diverged
 

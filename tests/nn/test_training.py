@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import torch
 
@@ -237,27 +239,50 @@ def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():
     assert len(set(grid_scores)) > 1  # the grid was really scored (the points differ)
 
 
-def test_auto_shrink_halves_stage_two_only_when_no_query_is_held_out():
-    def fit(shrink, min_val):
+def test_auto_shrink_halves_stage_two_unless_held_out_queries_show_the_full_stage_is_better():
+    def fit(shrink, min_val, z=None):
         torch.manual_seed(0)
         net = AdaptorNet(8, 8, learn_rotation=True)
         start = _params(net)
         cfg = config(supervised_steps=20, supervised_shrink=shrink, validation_fraction=0.2, batch_size=8,
                      min_validation_queries=min_val, dynamic_negatives=0, eval_every=5, lr=1e-2, seed=0)
-        state = Trainer(net, (2, 8), cfg, _labelled_problem(20)).fit_supervised()
-        return state, start, _params(net)
+        trainer = Trainer(net, (2, 8), cfg, _labelled_problem(20))
+        if z is not None:
+            trainer.EVIDENCE_Z = z
+        state = trainer.fit_supervised()
+        return state, start, _params(net), trainer
 
     assert config().supervised_shrink == "auto"  # the default
     # 4 of 20 would be held out: below 10 none is, and "auto" keeps the half-way weights
-    plain, start, trained = fit(1.0, 10)
-    state, _, kept = fit("auto", 10)
-    assert state.shrink == 0.5 and any(not torch.equal(start[k], trained[k]) for k in start)
+    plain, start, trained, _ = fit(1.0, 10)
+    state, _, kept, _ = fit("auto", 10)
+    assert state.shrink == 0.5 and state.shrink_evidence is None
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
     for k in start:
         assert torch.allclose(kept[k], start[k] + 0.5 * (trained[k] - start[k]), atol=1e-6)
-    # with a holdout, early stopping is the guard: "auto" is the plain fit
-    plain, _, trained = fit(1.0, 1)
-    state, _, kept = fit("auto", 1)
+
+    # With 4 held out: the evidence is the paired gain per held-out query of the (early-stopped)
+    # stage 2 over the half-way weights; the full stage is kept only beyond EVIDENCE_Z standard errors.
+    _, start, trained, _ = fit(1.0, 1)
+    state, _, kept, trainer = fit("auto", 1)
+    val_q = trainer.labelled_split()[1]
+    per_query = []
+    for weights in (trained, {k: start[k] + 0.5 * (trained[k] - start[k]) for k in start}):
+        trainer.net.load_state_dict({**trainer.net.state_dict(), **weights})
+        trainer.query_ndcg(val_q)
+        per_query.append(trainer.last_val_by_query)
+    gain = per_query[0] - per_query[1]
+    assert len(gain) == 4 and state.shrink_evidence["held_out_queries"] == 4
+    assert np.isclose(state.shrink_evidence["gain"], gain.mean(), atol=1e-6)
+    assert np.isclose(state.shrink_evidence["standard_error"], gain.std(ddof=1) / 2, atol=1e-6)
+    assert state.shrink == (1.0 if gain.mean() > Trainer.EVIDENCE_Z * gain.std(ddof=1) / 2 else 0.5)
+    # both outcomes: the trained weights exactly, or the half-way ones
+    state, _, kept, _ = fit("auto", 1, z=-math.inf)
     assert state.shrink == 1.0 and all(torch.equal(kept[k], trained[k]) for k in trained)
+    state, _, kept, _ = fit("auto", 1, z=math.inf)
+    assert state.shrink == 0.5
+    for k in start:
+        assert torch.allclose(kept[k], start[k] + 0.5 * (trained[k] - start[k]), atol=1e-6)
 
 
 def test_shrink_and_step_cap_are_validated_parameters():

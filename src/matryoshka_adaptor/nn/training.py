@@ -94,6 +94,7 @@ class TrainState:
     shrink: float = 1.0
     initial_by_dim: dict | None = None  # stage 2: held-out nDCG@10 per dim before its first step
     query_choice: dict | None = None  # use_queries="validated": both stage-1 scores and the one kept
+    shrink_evidence: dict | None = None  # supervised_shrink="auto": held-out gain of the full stage 2 over half
 
 
 # ------------------------------------------------------------------------------ batches
@@ -445,7 +446,7 @@ class Trainer:
 
     @torch.no_grad()
     def query_ndcg(self, val_queries: np.ndarray, k: int = 10) -> float:
-        """Mean over dims of nDCG@k (linear gain) of held-out training queries: early stopping only."""
+        """Mean over dims of nDCG@k (linear gain) of held-out training queries (early stopping, the shrink)."""
         self.net.eval()
         corpus = self._adapt_all(self.corpus)
         queries = self._adapt_all(self.queries[self._t(val_queries, torch.long)])
@@ -456,13 +457,16 @@ class Trainer:
                 gains[i, r] = g
         discount = 1.0 / torch.log2(torch.arange(2, k + 2, device=self.device, dtype=torch.float32))
         ideal = (gains.topk(min(k, n), dim=1).values * discount[: min(k, n)]).sum(1)
-        scores = []
+        scores, per_query = [], []
         for m in self.dims:
             top = self._prefix_topk(queries, corpus, m, min(k, n))
             dcg = (gains.gather(1, top) * discount[: top.shape[1]]).sum(1)
-            scores.append((dcg / ideal.clamp_min(1e-12)).mean().item())
+            ndcg = dcg / ideal.clamp_min(1e-12)
+            scores.append(ndcg.mean().item())
+            per_query.append(ndcg.cpu().numpy())
         self.net.train()
         self.last_val_by_dim = dict(zip(self.dims, scores))
+        self.last_val_by_query = np.mean(per_query, axis=0)  # each held-out query's mean over dims
         return float(np.mean(scores))
 
     @torch.no_grad()
@@ -673,25 +677,30 @@ class Trainer:
         start = copy.deepcopy(self.net.state_dict())
         state = self._loop(steps, step, val, "fit (supervised)", before_step=remine if cfg.dynamic_negatives else None)
         shrink = cfg.supervised_shrink
-        if shrink == "auto":
+        if shrink == "auto" and val is None:
             # No held-out queries (too few labels): nothing tells whether stage 2 carries over to other
             # queries, so keep the weights half way between the two stages (docs/ablations.md).
-            shrink = 1.0 if val is not None else self.FEW_LABEL_SHRINK
+            shrink = self.HALF_WAY
         if state.diverged is None and shrink != 1.0:
-            state.shrink = self._shrink_toward(start, shrink, val)
+            state.shrink = self._shrink_toward(start, shrink, val, state)
         return state
 
     SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-    FEW_LABEL_SHRINK = 0.5  # supervised_shrink="auto" without held-out queries
+    HALF_WAY = 0.5  # supervised_shrink="auto": kept unless held-out queries show the full stage 2 is better
+    EVIDENCE_Z = 1.645  # one-sided 95 %: the gain the held-out queries must show, in standard errors
 
     @torch.no_grad()
-    def _shrink_toward(self, start: dict, shrink: float | str, val) -> float:
+    def _shrink_toward(self, start: dict, shrink: float | str, val, state: TrainState) -> float:
         """Move the weights back toward ``start``: theta = start + shrink * (now - start).
 
         Interpolating the raw parameters keeps one network of the same shape (the rotation's
         skew-symmetric generator interpolates to another rotation). ``shrink="validated"`` picks the grid
         value with the best held-out score (ties: the larger shrink, i.e. the trained weights); with
-        no held-out queries it keeps the trained weights. Returns the shrink applied.
+        no held-out queries it keeps the trained weights. ``shrink="auto"`` (with held-out queries)
+        keeps the trained weights only when their paired gain over the half-way weights, per held-out
+        query (nDCG@10, mean over dims), exceeds ``EVIDENCE_Z`` standard errors, else the half-way
+        ones: a gain the held-out queries cannot tell from noise is not evidence that stage 2 carries
+        over (docs/ablations.md). Returns the shrink applied.
         """
         end = copy.deepcopy(self.net.state_dict())
 
@@ -699,6 +708,19 @@ class Trainer:
             self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
                                       else end[k] for k in end})
 
+        if shrink == "auto":
+            val()
+            full = self.last_val_by_query
+            load(self.HALF_WAY)
+            val()
+            gain = full - self.last_val_by_query
+            se = float(gain.std(ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else math.inf
+            keep_full = bool(gain.mean() > self.EVIDENCE_Z * se)
+            state.shrink_evidence = {"gain": float(gain.mean()), "standard_error": se,
+                                     "held_out_queries": int(len(gain))}
+            if keep_full:
+                self.net.load_state_dict(end)  # exactly the trained weights
+            return 1.0 if keep_full else self.HALF_WAY
         if shrink == "validated":
             if val is None:
                 return 1.0
