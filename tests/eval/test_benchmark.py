@@ -45,6 +45,9 @@ def test_benchmark_writes_table_csv_json_and_plot(tmp_path):
     assert by[("adaptor", 8)]["n_seeds"] == 2 and "ndcg@10_std" in by[("adaptor", 8)]
     # PCA is exact at full dimension; every method matches the reference there.
     assert by[("pca", 32)]["ndcg@10"] == pytest.approx(by[("full", 32)]["ndcg@10"], abs=1e-6)
+    # a supervised fit's rows say what it kept of its supervised stage (60 labels: no holdout, half way)
+    shrinks = {(r["method"], r.get("supervised_shrink")) for r in result["rows"]}
+    assert ("adaptor-supervised", 0.5) in shrinks and ("adaptor", None) in shrinks
     paths = write_report(result, tmp_path / "out")
     md = paths["md"].read_text()
     assert "| adaptor-supervised |" in md and "| full (reference) |" in md

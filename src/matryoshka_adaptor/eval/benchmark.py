@@ -180,7 +180,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory
         for m in eval_dims:
             run = retrieve(method.encode(q_test, m), method.encode(corpus, m), test_ids, ds.corpus_ids, top_k=cfg.top_k)
             rows.append({"method": name, "seed": seed, "dim": m, **label_key, "fit_seconds": round(fit_s, 3),
-                         **evaluate_run(qrels, run, recall_k=cfg.top_k)})
+                         **method.fit_record(), **evaluate_run(qrels, run, recall_k=cfg.top_k)})
         if cfg.quantize:
             eb_rows += equal_bytes_rows(method, name, seed, corpus, q_test, test_ids, ds.corpus_ids, qrels, cfg,
                                         (d,) if method.full_dim_only else q_dims)

@@ -41,6 +41,10 @@ class Method:
     def encode(self, x: np.ndarray, dim: int) -> np.ndarray:
         raise NotImplementedError
 
+    def fit_record(self) -> dict:
+        """What the last fit decided that a reader of the results needs (added to each result row)."""
+        return {}
+
 
 class Full(Method):
     name = "full"
@@ -111,6 +115,10 @@ class Adaptor(Method):
     def encode(self, x, dim):
         return self.adaptor_.transform(x, dim)
 
+    def fit_record(self):
+        stage2 = self.adaptor_.fit_summary_.get("supervised")
+        return {} if stage2 is None else {"supervised_shrink": stage2["shrink"]}
+
 
 class FittedOn(Method):
     """A method fitted on another dataset's data and applied unchanged (cross-dataset transfer).
@@ -142,6 +150,9 @@ class FittedOn(Method):
 
     def encode(self, x, dim):
         return self.fitted_.encode(x, dim)
+
+    def fit_record(self):
+        return self.fitted_.fit_record()
 
 
 TRANSFER_SEPARATOR = "-from-"
