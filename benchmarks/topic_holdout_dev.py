@@ -140,8 +140,7 @@ def main() -> None:
             if "stage2" in box:  # a shrink ran: also score lambda = 1, 0.5 and 0 of this fit
                 net, start, end = box["trainer"].net, box["stage1"], box["stage2"]
                 for lam in (1.0, 0.5, 0.0):
-                    net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
-                                         else end[k] for k in end})
+                    net.load_state_dict(training.interpolate_weights(start, end, lam))
                     est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
                     est._numpy = None
                     emit(seed, f"{arm or 'default'} | lambda={lam}", adaptor_scores(est))

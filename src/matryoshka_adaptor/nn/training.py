@@ -275,6 +275,11 @@ class EMAWeights:
                     p.copy_(raw[n])
 
 
+def interpolate_weights(start: dict, end: dict, lam: float) -> dict:
+    """The state dict start + lam * (end - start) (non-float entries from ``end``): the supervised shrink."""
+    return {k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point() else end[k] for k in end}
+
+
 def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
            min_val: int = 1) -> tuple[np.ndarray, np.ndarray]:
     perm = rng.permutation(n)
@@ -705,8 +710,7 @@ class Trainer:
         end = copy.deepcopy(self.net.state_dict())
 
         def load(lam: float) -> None:
-            self.net.load_state_dict({k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point()
-                                      else end[k] for k in end})
+            self.net.load_state_dict(interpolate_weights(start, end, lam))
 
         if shrink == "auto":
             val()
