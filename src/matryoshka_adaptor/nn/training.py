@@ -334,6 +334,7 @@ class Trainer:
         self._labelled_split: tuple[np.ndarray, np.ndarray] | None = None
         self._corpus_anchors_only = False
         self.last_val_by_dim: dict | None = None
+        self.last_val_by_query: np.ndarray | None = None  # set by query_ndcg; the "auto" shrink's paired test reads it
 
     # ----------------------------------------------------------------- helpers
     def _t(self, x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
