@@ -1,4 +1,4 @@
-"""Quality check of the large-input architecture rule (config.large_input_architecture) applied to 384-dim vectors.
+"""Quality check of the large-input architecture rule (config.default_architecture) applied to 384-dim vectors.
 
     python benchmarks/large_input_rule_quality.py --data-dir ../shared/data --out results/rule_quality
 
@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    # rule: what large_input_architecture gives a 3,072-dim input, scaled to 384 dims (r = the largest
+    # rule: what default_architecture gives a 3,072-dim input, scaled to 384 dims (r = the largest
     # trained dim <= d/4 = 64: rotation and residual MLP in the leading 64 PCA coordinates, hidden 64);
     # rule-v1: the earlier rule (hidden d/4 = 96 over all coordinates, rotation in the leading 64).
     arms = {"default": {}, "rule": dict(hidden_dim=64, rotation_dims=64, residual_dims=64),

@@ -247,12 +247,40 @@ def test_binary_weight_adds_the_quantisation_aware_term_and_round_trips(corpus, 
     assert MatryoshkaAdaptor.load(tmp_path / "q").get_params()["binary_weight"] == 1.0
 
 
+def test_a_corpus_only_fit_keeps_the_trailing_half_of_the_pca_coordinates(corpus):
+    from matryoshka_adaptor.config import default_architecture
+
+    dims = (16, 32, 64, 128, 256, 384)
+    assert default_architecture(384, dims, corpus_only=True) == (192, 192, 192)
+    assert default_architecture(384, dims, corpus_only=False) == (384, None, None)
+    assert default_architecture(384, dims, corpus_only=True, pca_start=False) == (384, None, None)  # paper recipe
+    settings = {k: v for k, v in FAST.items() if k != "learn_rotation"}
+    est = MatryoshkaAdaptor(dims=(4, 8, 32), seed=0, **settings).fit(corpus)  # d = 32: the leading 16 adapt
+    assert est.fit_summary_["architecture"] == {"hidden_dim": 16, "rotation_dims": 16, "residual_dims": 16}
+    w0, w_last, b_last = est.weights_["layers.0.weight"], est.weights_["layers.1.weight"], est.weights_["layers.1.bias"]
+    assert not w0[:, 16:].any() and not w_last[16:].any() and not b_last[16:].any() and w_last[:16].any()
+    # The trailing 16 output coordinates are the PCA start's (the same seed's untrained fit), the leading
+    # 16 were learned.
+    start = MatryoshkaAdaptor(dims=(4, 8, 32), seed=0, **{**settings, "steps": 0}).fit(corpus).weights_["rotation"]
+    np.testing.assert_allclose(est.weights_["rotation"][:, 16:], start[:, 16:], atol=1e-6)
+    assert not np.allclose(est.weights_["rotation"][:, :16], start[:, :16], atol=1e-3)
+    full = {"hidden_dim": 32, "rotation_dims": 32, "residual_dims": 32}
+    unlabelled = MatryoshkaAdaptor(dims=(4, 8, 32), seed=0, **settings).fit(corpus, corpus[:40])
+    assert unlabelled.fit_summary_["architecture"] == full  # query vectors: all coordinates
+    labelled = MatryoshkaAdaptor(dims=(4, 8, 32), seed=0, **settings)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(40)}
+    labelled.fit(corpus, corpus[:40], qrels, corpus_ids=[f"d{i}" for i in range(len(corpus))],
+                 query_ids=list(qrels))
+    assert labelled.fit_summary_["architecture"] == full
+
+
 def test_large_inputs_get_gram_pca_and_a_rotation_and_residual_learned_in_leading_dims():
-    from matryoshka_adaptor.config import large_input_architecture
+    from matryoshka_adaptor.config import default_architecture
     from matryoshka_adaptor.pca import pca_rotation
 
-    assert large_input_architecture(384, (16, 32, 64, 128, 256, 384)) == (384, None, None)  # unchanged up to 1,024
-    assert large_input_architecture(3072, (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)) == (512, 512, 512)
+    wide = (16, 32, 64, 128, 256, 512, 1024, 2048, 3072)
+    assert default_architecture(3072, wide, corpus_only=False) == (512, 512, 512)
+    assert default_architecture(3072, wide, corpus_only=True) == (512, 512, 512)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1300, 1100)).astype(np.float32) * np.linspace(3, 0.1, 1100, dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

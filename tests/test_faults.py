@@ -204,7 +204,7 @@ def test_parquet_id_column_must_exist_and_ids_must_not_be_null(tmp_path, adaptor
     ("input_dim", "32", "'input_dim' is '32'"),
     ("architecture", {"hidden_dim": 32, "depth": 0, "rotation": True}, "architecture.depth"),
     ("architecture", {"hidden_dim": 32, "depth": 2, "rotation": "yes"}, "architecture.rotation"),
-    ("architecture", {"hidden_dim": 16, "depth": 2, "rotation": True}, "has shape"),
+    ("architecture", {"hidden_dim": 24, "depth": 2, "rotation": True}, "has shape"),  # saved: 16
 ])
 def test_a_loaded_config_is_checked(tmp_path, adaptor, field, value, message):
     bad = copy_adaptor(adaptor, tmp_path / "bad")

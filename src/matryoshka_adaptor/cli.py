@@ -173,7 +173,8 @@ def fit(
     recipe: Optional[str] = typer.Option(None, help="'default' (PCA start + listwise distillation) or 'paper' (the paper's method)."),
     steps: Optional[int] = typer.Option(None, help=f"Maximum unsupervised steps ({_default('steps')})."),
     supervised_steps: Optional[int] = typer.Option(None, help=f"Maximum supervised steps ({_default('supervised_steps')})."),
-    hidden_dim: Optional[int] = typer.Option(None, help="MLP width (default: input dim)."),
+    hidden_dim: Optional[int] = typer.Option(None, help="MLP width (default: the input dim; half of it for a "
+                                             "corpus-only fit, and above 1,024 dims less: config.default_architecture)."),
     batch_size: Optional[int] = typer.Option(None, help=f"Anchors per step ({_default('batch_size')})."),
     lr: Optional[float] = typer.Option(None, help=f"Learning rate ({_default('lr')})."),
     k: Optional[int] = typer.Option(None, help=f"Neighbours per vector ({_default('k')})."),

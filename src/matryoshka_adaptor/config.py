@@ -173,6 +173,7 @@ def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = Fa
 NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
 NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
+LISTWISE_TARGETS = ("original", "adapted")
 RECIPE_NAMES = ("default", "paper")
 
 
@@ -195,19 +196,19 @@ class AdaptorConfig:
     recipe: str = param("default", Options(RECIPE_NAMES), "Named recipe the other values came from (a record).")
     hidden_dim: int | None = param(None, Interval(int, 1),
                                    "MLP width (None: the width of its input, residual_dims; see "
-                                   "large_input_architecture).", optional=True)
+                                   "default_architecture).", optional=True)
     depth: int = param(2, Interval(int, 1), "Linear layers of the residual MLP (1: a single linear layer).")
     init: str = param("pca", Options(INITS), "Start: 'pca' (uncentred PCA rotation of the corpus) or 'identity'.")
     learn_rotation: bool = param(True, Boolean(),
                                  "Train the rotation too, kept exactly orthogonal (saved as a fixed matrix).")
     rotation_dims: int | None = param(None, Interval(int, 1),
                                       "With learn_rotation, learn the rotation only in the leading this-many PCA "
-                                      "coordinates (None: all up to 1,024 input dims; above, the largest trained "
-                                      "dim <= d/4, see large_input_architecture).", optional=True)
+                                      "coordinates (None: see default_architecture; up to 1,024 input dims all d, "
+                                      "or d/2 for a corpus-only fit).", optional=True)
     residual_dims: int | None = param(None, Interval(int, 1),
                                       "The residual MLP reads and writes only the leading this-many rotated "
-                                      "coordinates, the others pass through (None: all up to 1,024 input dims; "
-                                      "above, the same block as rotation_dims).", optional=True)
+                                      "coordinates, the others pass through (None: the same block as "
+                                      "rotation_dims, see default_architecture).", optional=True)
     # Unsupervised losses (stage 1, and stage 2 next to the ranking loss)
     k: int = param(10, Interval(int, 1), "Neighbours per anchor, mined on the original full-dim vectors.")
     topk_weight: float = param(0.0, Interval(float, 0), "Weight of the paper's top-k similarity loss.")
@@ -235,6 +236,10 @@ class AdaptorConfig:
     # Supervised stage (stage 2)
     gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
     supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
+    supervised_listwise_target: str = param(
+        "original", Options(LISTWISE_TARGETS),
+        "Target of the listwise term in stage 2: the original vectors' full-dim cosines, or 'adapted': the "
+        "adapted vectors' own (detached), so the prefixes follow what the labels teach the full vector.")
     rank_scale: float = param(20.0, Interval(float, 0, open_low=True),
                               "Multiplies cosine differences inside the ranking loss (1: the paper).")
     random_negatives: int = param(64, Interval(int, 0), "Random corpus rows in each supervised batch.")
@@ -400,17 +405,29 @@ def default_dims(input_dim: int) -> tuple[int, ...]:
 LARGE_INPUT_DIM = 1024
 
 
-def large_input_architecture(d: int, dims: tuple[int, ...]) -> tuple[int, int | None, int | None]:
+def default_architecture(d: int, dims: tuple[int, ...], *, corpus_only: bool,
+                         pca_start: bool = True) -> tuple[int, int | None, int | None]:
     """(hidden width, learned rotation dims, residual dims) for input dim ``d``.
 
-    Up to ``LARGE_INPUT_DIM``: (d, None, None), everything over all d coordinates. Above it, the
-    rotation is learned and the residual MLP acts only in the leading ``r`` PCA coordinates, r the
-    largest trained dim up to d/4, with hidden width r (3,072 with the default dims: r = 512), so a
-    step costs what a 512-dim fit costs; the other coordinates keep their PCA values. Explicit
-    ``hidden_dim`` / ``rotation_dims`` / ``residual_dims`` take precedence.
+    Above ``LARGE_INPUT_DIM`` (every fit): the rotation is learned and the residual MLP acts only in
+    the leading ``r`` PCA coordinates, r the largest trained dim up to d/4, with hidden width r (3,072
+    with the default dims: r = 512), so a step costs what a 512-dim fit costs.
+
+    Up to it: a corpus-only fit (no query vectors, no labels) from the PCA start acts in the leading
+    half of the PCA coordinates only (r = d // 2, hidden width r), and the trailing half keeps its PCA
+    values: with only document-document structure to learn from, moving all d coordinates cost the
+    longer prefixes up to 0.011 below PCA on dev (docs/ablations.md, session 10). A fit with query
+    vectors (unlabelled or labelled), or one from the identity start (the paper's recipe), acts on all
+    d coordinates: (d, None, None).
+
+    Wherever r < d, the other d - r coordinates keep their PCA values. Explicit ``hidden_dim`` /
+    ``rotation_dims`` / ``residual_dims`` take precedence.
     """
     if d <= LARGE_INPUT_DIM:
-        return d, None, None
+        if not corpus_only or not pca_start or d < 2:
+            return d, None, None
+        half = d // 2
+        return half, half, half
     quarter = d // 4
     small = [m for m in dims if m <= quarter]
     r = max(small) if small else quarter

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AdaptorConfig, default_dims, large_input_architecture
+from .config import AdaptorConfig, default_architecture, default_dims
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -185,7 +185,10 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
 
     device = resolve_device(config.device)
-    auto_hidden, auto_rotation_dims, auto_residual_dims = large_input_architecture(d, inputs.dims)
+    # Corpus only: no labels, and no query vectors as anchors.
+    corpus_only = not inputs.supervised and (inputs.queries is None or not config.use_queries)
+    auto_hidden, auto_rotation_dims, auto_residual_dims = default_architecture(
+        d, inputs.dims, corpus_only=corpus_only, pca_start=config.init == "pca")
     rotation_dims = config.rotation_dims or auto_rotation_dims
     residual_dims = config.residual_dims or auto_residual_dims
     hidden = config.hidden_dim or (config.residual_dims or auto_hidden)

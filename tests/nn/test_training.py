@@ -101,6 +101,34 @@ def test_auto_query_candidates_rank_documents_only_in_unsupervised_fits():
     assert batch_mask(True)[0] is True and batch_mask(False, positives=[[(0, 1.0)]])[0] is False
 
 
+def test_stage_two_listwise_target_can_be_the_adapted_vectors_own_ranking():
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((30, 8)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    nb_idx = np.tile(np.arange(3), (30, 1))
+    for target in ("original", "adapted"):
+        torch.manual_seed(0)
+        net = AdaptorNet(8, 8)
+        with torch.no_grad():  # a trained-looking residual, so adapted and original cosines differ
+            net.layers[-1].weight.normal_(0, 0.5)
+        t = Trainer(net, (4, 8), config(supervised_listwise_target=target), data_for(corpus, nb_idx=nb_idx))
+        ids = torch.arange(6)
+        stage1 = t.unsupervised_batch(ids, stage_weights(t.config, 1))
+        stage2 = t.unsupervised_batch(ids, stage_weights(t.config, 2), stage=2)
+        z = torch.nn.functional.normalize(torch.from_numpy(corpus), dim=-1)
+        rows = torch.cat([ids, stage1.pool_rows])
+        original = z[ids] @ z[rows].T
+        torch.testing.assert_close(stage1.target, original)  # stage 1: always the original vectors
+        a = torch.nn.functional.normalize(stage2.adapted.detach(), dim=-1)
+        adapted = a[:6] @ a.T
+        assert not stage2.target.requires_grad
+        if target == "original":
+            torch.testing.assert_close(stage2.target, z[ids] @ z[torch.cat([ids, stage2.pool_rows])].T)
+        else:
+            torch.testing.assert_close(stage2.target, adapted)
+            assert (stage2.target - z[ids] @ z[torch.cat([ids, stage2.pool_rows])].T).abs().max() > 0.05
+
+
 def test_anchor_sampler_keeps_the_query_share():
     corpus = np.ones((100, 8), np.float32)
     t = Trainer(AdaptorNet(8, 8), (4, 8), config(), data_for(corpus, n_corpus_anchors=90))

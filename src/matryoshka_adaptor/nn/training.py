@@ -113,6 +113,7 @@ class UnsupervisedBatch:
     n_corpus_anchors: int
     dims: tuple[int, ...]
     config: AdaptorConfig
+    adapted_target: bool = False  # stage 2 with supervised_listwise_target="adapted"
 
     @property
     def n(self) -> int:
@@ -120,7 +121,12 @@ class UnsupervisedBatch:
 
     @cached_property
     def target(self) -> torch.Tensor:
-        """Full-dim cosines of every batch row: constants (a learned rotation leaves them unchanged)."""
+        """Full-dim cosines of the anchors with every batch row, constants: of the original vectors (a
+        learned rotation leaves them unchanged), or with ``adapted_target`` of the adapted ones, detached,
+        so that the prefixes follow the ranking the supervised stage is teaching the full vector."""
+        if self.adapted_target:
+            a = self.adapted.detach()
+            return losses.prefix_cosine_matrix(a[: self.n], a, (a.shape[1],))[0]
         z = self.rotated.detach()
         return z[: self.n] @ z.T
 
@@ -366,7 +372,8 @@ class Trainer:
 
         return draw
 
-    def unsupervised_batch(self, anchor_ids: torch.Tensor, weights: dict[str, float]) -> UnsupervisedBatch:
+    def unsupervised_batch(self, anchor_ids: torch.Tensor, weights: dict[str, float], *,
+                           stage: int = 1) -> UnsupervisedBatch:
         """The anchors, their neighbours (and random rows for the listwise pool), adapted."""
         nb_idx = self.neighbor_idx[anchor_ids]  # (B, k)
         rows = [nb_idx.reshape(-1)]
@@ -377,7 +384,8 @@ class Trainer:
         # The anchors' slice is taken once, here, before any term: every term shares the same
         # graph node (and autograd accumulates their gradients in a fixed order).
         return UnsupervisedBatch(adapted, adapted[: len(anchor_ids)], z, anchor_ids, pool_rows, self.neighbor_sims[anchor_ids],
-                                 self.data.n_corpus_anchors, self.dims, self.config)
+                                 self.data.n_corpus_anchors, self.dims, self.config,
+                                 adapted_target=stage == 2 and self.config.supervised_listwise_target == "adapted")
 
     def supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pool corpus rows, grades (B, pool), which pool docs act as each query's positive j).
@@ -671,7 +679,7 @@ class Trainer:
             q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
             loss, parts = weighted_sum(supervised, weights, self.supervised_batch(q))
             if any(weights[t.name] for t in unsupervised):
-                u_loss, u_parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw_anchors(), weights))
+                u_loss, u_parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw_anchors(), weights, stage=2))
                 loss = u_loss if loss is None else loss + u_loss
                 parts.update(u_parts)
             return (self.anchors.new_zeros(()) if loss is None else loss), parts
