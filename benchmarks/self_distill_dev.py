@@ -100,8 +100,8 @@ def main() -> None:
             est.fit(C, np.stack([qvec[q] for q in fit_q]), {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid,
                     query_ids=fit_q)
             training.LOSS_TERMS = original_terms
-            row = [round(evaluate_run(dev, retrieve(est.transform(Qdev, m), est.transform(C, m), dev_q, cid))["ndcg@10"], 4)
-                   for m in DIMS]
+            run = {m: retrieve(est.transform(Qdev, m), est.transform(C, m), dev_q, cid) for m in DIMS}
+            row = [round(evaluate_run(dev, run[m])["ndcg@10"], 4) for m in DIMS]
             sup = est.fit_summary_.get("supervised", {})
             rec = dict(dataset=args.dataset, labels=args.labels or "all", seed=seed, arm=arm, params=args.params,
                        ndcg=dict(zip(DIMS, row)), fit_s=round(time.perf_counter() - t),

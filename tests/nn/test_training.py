@@ -380,7 +380,7 @@ def _recording_trainer(cfg, data, scripted=()):
     t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data)
     drawn, scores = [], list(scripted)
     batch, ndcg = t.unsupervised_batch, t.query_ndcg
-    t.unsupervised_batch = lambda ids, w: drawn.append(ids.numpy().copy()) or batch(ids, w)
+    t.unsupervised_batch = lambda ids, w, **kw: drawn.append(ids.numpy().copy()) or batch(ids, w, **kw)
     t.query_ndcg = lambda q, k=10: scores.pop(0) if scores else ndcg(q, k)
     return t, drawn
 

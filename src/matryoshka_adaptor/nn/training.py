@@ -679,7 +679,8 @@ class Trainer:
             q = train_q[self.rng.choice(len(train_q), size=bs, replace=False)]
             loss, parts = weighted_sum(supervised, weights, self.supervised_batch(q))
             if any(weights[t.name] for t in unsupervised):
-                u_loss, u_parts = weighted_sum(unsupervised, weights, self.unsupervised_batch(draw_anchors(), weights, stage=2))
+                u_batch = self.unsupervised_batch(draw_anchors(), weights, stage=2)
+                u_loss, u_parts = weighted_sum(unsupervised, weights, u_batch)
                 loss = u_loss if loss is None else loss + u_loss
                 parts.update(u_parts)
             return (self.anchors.new_zeros(()) if loss is None else loss), parts
