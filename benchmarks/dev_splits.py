@@ -5,6 +5,7 @@ Imported as ``from dev_splits import ...`` (a script's own folder is first on ``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,11 @@ def dev_split(data: str | Path, ds, query_ids: list[str], *, use_dev_qrels: bool
     cut = int(FIT_SHARE * len(train_q))
     fit_q, dev_q = [train_q[i] for i in sorted(perm[:cut])], [train_q[i] for i in sorted(perm[cut:])]
     return fit_q, {q: train[q] for q in fit_q}, dev_q, {q: train[q] for q in dev_q}
+
+
+def add_dev_set_arguments(ap) -> None:
+    """The command-line options every dev-split script shares: which set, where, how many labels, seeds."""
+    ap.add_argument("--dataset", required=True, help="scifact, nfcorpus or xquad-r/<lang>")
+    ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
+    ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
+    ap.add_argument("--seeds", default="0")

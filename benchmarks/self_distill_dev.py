@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import losses, training
 
+from dev_splits import add_dev_set_arguments
 from topic_holdout_dev import DIMS, load_dev_data
 
 ARMS = ("base", "self-rank", "self-listwise")
@@ -71,11 +71,8 @@ def patched_terms(arm: str, original):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, help="scifact, nfcorpus or xquad-r/<lang>")
-    ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
+    add_dev_set_arguments(ap)
     ap.add_argument("--arms", nargs="+", default=list(ARMS))
-    ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
-    ap.add_argument("--seeds", default="0")
     ap.add_argument("--params", default="", help="extra MatryoshkaAdaptor keywords, e.g. \"supervised_steps=2000\"")
     ap.add_argument("--out", default="results/self_distill_dev.jsonl")
     args = ap.parse_args()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import dev_split, is_xquad, shared_vectors, xquad_article
+from dev_splits import add_dev_set_arguments, dev_split, is_xquad, shared_vectors, xquad_article
 
 DIMS = (16, 32, 64, 128, 256, 384)
 DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
@@ -83,11 +82,8 @@ def capture_shrink():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, help="scifact, nfcorpus or xquad-r/<lang>")
-    ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
+    add_dev_set_arguments(ap)
     ap.add_argument("--arms", nargs="*", default=list(DEFAULT_ARMS))
-    ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
-    ap.add_argument("--seeds", default="0")
     ap.add_argument("--no-baselines", action="store_true", help="skip PCA and the unsupervised fits")
     ap.add_argument("--baseline-params", default="", help="keywords for the two unsupervised fits, e.g. "
                     "\"queries_as_candidates=False\" (recorded in their setting)")
