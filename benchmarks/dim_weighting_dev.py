@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import losses, training
 
+from dev_splits import add_dev_set_arguments
 from topic_holdout_dev import DIMS, load_dev_data
 
 
@@ -118,14 +118,12 @@ def rank_term_for(arm: str):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, help="scifact, nfcorpus or xquad-r/<lang>")
-    ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
+    add_dev_set_arguments(ap)
     ap.add_argument("--term", choices=("listwise", "rank"), default="listwise",
-                    help="listwise: corpus-only fits; rank: supervised fits on the fit queries' labels")
+                    help="listwise: corpus-only fits (--labels unused); rank: supervised fits on the fit "
+                    "queries' labels")
     ap.add_argument("--arms", nargs="+", default=None,
                     help="default: uniform sqrt hinge:10 (listwise), uniform inv_sqrt (rank)")
-    ap.add_argument("--labels", type=int, default=None, help="--term rank: fit on this many labelled queries")
-    ap.add_argument("--seeds", default="0")
     ap.add_argument("--params", default="", help="extra MatryoshkaAdaptor keywords, e.g. \"steps=800\"")
     ap.add_argument("--out", default="results/dim_weighting_dev.jsonl")
     args = ap.parse_args()
