@@ -174,6 +174,7 @@ NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
 NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
 LISTWISE_TARGETS = ("original", "adapted")
+RANK_DIM_WEIGHTS = ("uniform", "inv_sqrt")
 RECIPE_NAMES = ("default", "paper")
 
 
@@ -240,6 +241,10 @@ class AdaptorConfig:
         "original", Options(LISTWISE_TARGETS),
         "Target of the listwise term in stage 2: the original vectors' full-dim cosines, or 'adapted': the "
         "adapted vectors' own (detached), so the prefixes follow what the labels teach the full vector.")
+    rank_dim_weights: str = param(
+        "uniform", Options(RANK_DIM_WEIGHTS),
+        "Weights of the Matryoshka dims in the ranking loss: 'uniform', or 'inv_sqrt' (proportional to "
+        "1/sqrt(m), mean 1), which spends more of the labels on the small prefixes (docs/ablations.md).")
     rank_scale: float = param(20.0, Interval(float, 0, open_low=True),
                               "Multiplies cosine differences inside the ranking loss (1: the paper).")
     random_negatives: int = param(64, Interval(int, 0), "Random corpus rows in each supervised batch.")

@@ -103,6 +103,22 @@ def test_ranking_loss_positive_mask_limits_j_side_only(rng):
     assert got.item() == pytest.approx(num / den, rel=1e-9)
 
 
+def test_ranking_loss_dim_weights_weight_each_dims_share(rng):
+    nq, nd, d = 3, 6, 12
+    q, docs = torch.tensor(rng.standard_normal((nq, d))), torch.tensor(rng.standard_normal((nd, d)))
+    grades = torch.tensor(rng.integers(0, 3, size=(nq, nd)).astype(float))
+    w = losses.inverse_sqrt_dim_weights(DIMS)
+    assert np.mean(w) == pytest.approx(1.0) and all(a > b for a, b in zip(w, w[1:]))
+    assert w[0] / w[-1] == pytest.approx(math.sqrt(DIMS[-1] / DIMS[0]))
+    # the weighted loss is the weighted mean of the one-dim losses (each of which has the same pair weights)
+    single = [losses.ranking_loss(q, docs, grades, (m,), scale=5.0).item() for m in DIMS]
+    got = losses.ranking_loss(q, docs, grades, DIMS, scale=5.0, dim_weights=w).item()
+    assert got == pytest.approx(float(np.dot(w, single)) / len(DIMS), rel=1e-9)
+    assert got != pytest.approx(np.mean(single), rel=1e-3)
+    ones = losses.ranking_loss(q, docs, grades, DIMS, scale=5.0, dim_weights=[1.0] * len(DIMS)).item()
+    assert ones == pytest.approx(losses.ranking_loss(q, docs, grades, DIMS, scale=5.0).item(), rel=1e-12)
+
+
 def test_ranking_loss_without_pairs_is_zero(rng):
     q, docs = torch.tensor(rng.standard_normal((2, 12))), torch.tensor(rng.standard_normal((3, 12)))
     assert losses.ranking_loss(q, docs, torch.zeros(2, 3), DIMS).item() == 0.0

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from matryoshka_adaptor.config import AdaptorConfig
@@ -127,6 +128,30 @@ def test_stage_two_listwise_target_can_be_the_adapted_vectors_own_ranking():
         else:
             torch.testing.assert_close(stage2.target, adapted)
             assert (stage2.target - z[ids] @ z[torch.cat([ids, stage2.pool_rows])].T).abs().max() > 0.05
+
+
+def test_rank_dim_weights_inv_sqrt_weights_the_ranking_term_by_dim():
+    from matryoshka_adaptor.nn import losses
+
+    rng = np.random.default_rng(1)
+    corpus = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((3, 8)).astype(np.float32)
+    positives = [[(0, 1.0)], [(5, 2.0), (6, 1.0)], [(9, 1.0)]]
+    rank = next(t for t in LOSS_TERMS if t.name == "rank")
+    values = {}
+    for scheme in ("uniform", "inv_sqrt"):
+        torch.manual_seed(0)
+        t = Trainer(AdaptorNet(8, 8), (2, 4, 8), config(rank_dim_weights=scheme, random_negatives=5),
+                    data_for(corpus, queries=queries, positives=positives))
+        t.rng = np.random.default_rng(0)
+        b = t.supervised_batch(np.arange(3))
+        values[scheme] = rank.fn(b).item()
+        single = [losses.ranking_loss(b.queries, b.docs, b.grades, (m,), scale=b.config.rank_scale,
+                                      positive_mask=b.as_positive).item() for m in b.dims]
+        w = [1.0] * 3 if scheme == "uniform" else losses.inverse_sqrt_dim_weights(b.dims)
+        assert values[scheme] == pytest.approx(float(np.dot(w, single)) / 3, rel=1e-5)
+    assert config().rank_dim_weights == "uniform"  # the default
+    assert values["uniform"] != pytest.approx(values["inv_sqrt"], rel=1e-3)
 
 
 def test_anchor_sampler_keeps_the_query_share():

@@ -119,15 +119,17 @@ def ranking_loss(
     *,
     scale: float = 1.0,
     positive_mask: torch.Tensor | None = None,
+    dim_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """L_rank: sum_{m,i,j,k} I(y_ij > y_ik)(y_ij - y_ik) log(1 + exp(scale*(s_ik[:m] - s_ij[:m]))).
+    """L_rank: sum_{m,i,j,k} w_m I(y_ij > y_ik)(y_ij - y_ik) log(1 + exp(scale*(s_ik[:m] - s_ij[:m]))).
 
     queries (B, d) and docs (N, d) adapted; grades (B, N) relevance y_ij (0 = not relevant).
     ``positive_mask`` (B, N) optionally limits the j side to some judged docs (a sample of
     each query's positives) while k still ranges over all N with their true grades; this
     keeps the (M, B, P, N) pair tensor bounded when queries have hundreds of judgements.
     Normalised by the total pair weight times the number of dims, so it is a
-    weighted mean. ``scale`` = 1 is the paper's formula on raw cosines.
+    weighted mean. ``scale`` = 1 is the paper's formula on raw cosines. ``dim_weights`` (one per
+    dim, mean 1; see :func:`inverse_sqrt_dim_weights`) weights each dim's share; None: all 1.
     """
     j_grades = grades if positive_mask is None else grades * positive_mask.to(grades.dtype)
     # Only the real (query, positive) pairs: padding them to the largest positive count of the
@@ -143,7 +145,18 @@ def ranking_loss(
     if total <= 0:
         return queries.new_zeros(())
     terms = F.softplus(scale * (pair_sims - pos_sims[:, :, None]))  # (M, pairs, N)
-    return (terms * weight[None]).sum() / (total * sims.shape[0])
+    if dim_weights is None:
+        return (terms * weight[None]).sum() / (total * sims.shape[0])
+    per_dim = (terms * weight[None]).sum((1, 2))  # (M,)
+    w = torch.as_tensor(dim_weights, dtype=per_dim.dtype, device=per_dim.device)
+    return (w * per_dim).sum() / (total * sims.shape[0])
+
+
+def inverse_sqrt_dim_weights(dims: Sequence[int]) -> list[float]:
+    """Weights proportional to 1/sqrt(m), normalised to mean 1 (16 dims: 2.0, 384 dims: 0.41 with the default dims)."""
+    raw = [m ** -0.5 for m in dims]
+    mean = sum(raw) / len(raw)
+    return [r / mean for r in raw]
 
 
 def relaxed_sign(x: torch.Tensor, tau: float = 0.5, *, straight_through: bool = True) -> torch.Tensor:

@@ -176,8 +176,9 @@ def _binary_term(b: UnsupervisedBatch) -> torch.Tensor:
 
 
 def _ranking_term(b: SupervisedBatch) -> torch.Tensor:
+    weights = losses.inverse_sqrt_dim_weights(b.dims) if b.config.rank_dim_weights == "inv_sqrt" else None
     return losses.ranking_loss(b.queries, b.docs, b.grades, b.dims, scale=b.config.rank_scale,
-                               positive_mask=b.as_positive)
+                               positive_mask=b.as_positive, dim_weights=weights)
 
 
 @dataclass(frozen=True)
