@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from matryoshka_adaptor.config import AdaptorConfig
+from matryoshka_adaptor.nn import losses
 from matryoshka_adaptor.nn.module import AdaptorNet
 from matryoshka_adaptor.nn.training import (
     LOSS_TERMS,
@@ -131,8 +132,6 @@ def test_stage_two_listwise_target_can_be_the_adapted_vectors_own_ranking():
 
 
 def test_rank_dim_weights_inv_sqrt_weights_the_ranking_term_by_dim():
-    from matryoshka_adaptor.nn import losses
-
     rng = np.random.default_rng(1)
     corpus = rng.standard_normal((40, 8)).astype(np.float32)
     queries = rng.standard_normal((3, 8)).astype(np.float32)

@@ -153,7 +153,10 @@ def ranking_loss(
 
 
 def inverse_sqrt_dim_weights(dims: Sequence[int]) -> list[float]:
-    """Weights proportional to 1/sqrt(m), normalised to mean 1 (16 dims: 2.0, 384 dims: 0.41 with the default dims)."""
+    """Weights proportional to 1/sqrt(m), normalised to mean 1.
+
+    With the default dims (16 … 384): 2.0 at 16, 0.41 at 384.
+    """
     raw = [m ** -0.5 for m in dims]
     mean = sum(raw) / len(raw)
     return [r / mean for r in raw]
