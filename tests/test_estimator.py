@@ -168,6 +168,7 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     evidence = summary["shrink_evidence"]  # here by ~5 standard errors over the half-way weights
     assert evidence["held_out_queries"] == 16 and summary["shrink"] == 1.0
     assert evidence["gain"] > Trainer.EVIDENCE_Z * evidence["standard_error"]
+    assert summary["listwise_target"] == "adapted"  # "auto" with held-out queries
     # Held-out queries: labels lift precision@10 at 8 dims from ~0.55 to ~0.75 (seed 0).
     assert precision_at_10(supervised, 8) > precision_at_10(unlabeled, 8) + 0.1
     assert precision_at_10(supervised, 4) > precision_at_10(unlabeled, 4) + 0.05

@@ -173,7 +173,7 @@ def param(default: Any, constraint: Constraint, doc: str, *, optional: bool = Fa
 NEIGHBOR_SEARCH = ("auto", "exact", "faiss")
 NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
-LISTWISE_TARGETS = ("original", "adapted")
+LISTWISE_TARGETS = ("auto", "original", "adapted")
 RANK_DIM_WEIGHTS = ("uniform", "inv_sqrt")
 RECIPE_NAMES = ("default", "paper")
 
@@ -238,9 +238,11 @@ class AdaptorConfig:
     gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
     supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
     supervised_listwise_target: str = param(
-        "original", Options(LISTWISE_TARGETS),
-        "Target of the listwise term in stage 2: the original vectors' full-dim cosines, or 'adapted': the "
-        "adapted vectors' own (detached), so the prefixes follow what the labels teach the full vector.")
+        "auto", Options(LISTWISE_TARGETS),
+        "Target of the listwise term in stage 2: 'original' (the original vectors' full-dim cosines), "
+        "'adapted' (the adapted vectors' own, detached, so the prefixes follow what the labels teach the full "
+        "vector), or 'auto': 'adapted' when stage 2 holds labelled queries out (min_validation_queries or "
+        "more), which then also check it, else 'original'.")
     rank_dim_weights: str = param(
         "uniform", Options(RANK_DIM_WEIGHTS),
         "Weights of the Matryoshka dims in the ranking loss: 'uniform', or 'inv_sqrt' (proportional to "

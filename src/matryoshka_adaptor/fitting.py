@@ -167,7 +167,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     import torch
 
     from .nn.module import AdaptorNet
-    from .nn.training import Trainer
+    from .nn.training import Trainer, stage_weights
 
     started = time.perf_counter()
     if inputs.supervised:
@@ -232,6 +232,8 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         history["supervised"] = stage2.history
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
                                  "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink,
+                                 "listwise_target": (trainer.stage_two_listwise_target()
+                                                     if stage_weights(config, 2)["listwise"] else None),
                                  "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
         if stage2.shrink_evidence is not None:
             summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence

@@ -131,6 +131,27 @@ def test_stage_two_listwise_target_can_be_the_adapted_vectors_own_ranking():
             assert (stage2.target - z[ids] @ z[torch.cat([ids, stage2.pool_rows])].T).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("setting, min_validation_queries, expected", [
+    ("auto", 20, "original"),  # 40 labelled queries hold out 4, fewer than 20: no holdout
+    ("auto", 4, "adapted"),    # a holdout exists: the adapted target, checked by it
+    ("original", 4, "original"),
+    ("adapted", 20, "adapted"),
+])
+def test_stage_two_listwise_target_auto_is_adapted_only_with_held_out_queries(setting, min_validation_queries,
+                                                                              expected):
+    rng = np.random.default_rng(2)
+    corpus = rng.standard_normal((30, 8)).astype(np.float32)
+    positives = [[(i % 30, 1.0)] for i in range(40)]
+    data = data_for(corpus, queries=rng.standard_normal((40, 8)).astype(np.float32), positives=positives,
+                    nb_idx=np.tile(np.arange(3), (30, 1)))
+    cfg = config(supervised_listwise_target=setting, min_validation_queries=min_validation_queries)
+    t = Trainer(AdaptorNet(8, 8), (4, 8), cfg, data)
+    assert t.stage_two_listwise_target() == expected
+    ids = torch.arange(6)
+    assert t.unsupervised_batch(ids, stage_weights(cfg, 2), stage=2).adapted_target == (expected == "adapted")
+    assert t.unsupervised_batch(ids, stage_weights(cfg, 1)).adapted_target is False  # stage 1: never
+
+
 def test_rank_dim_weights_inv_sqrt_weights_the_ranking_term_by_dim():
     rng = np.random.default_rng(1)
     corpus = rng.standard_normal((40, 8)).astype(np.float32)
