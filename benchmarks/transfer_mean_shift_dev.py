@@ -27,10 +27,6 @@ from matryoshka_adaptor.eval.retrieval import retrieve
 from topic_holdout_dev import DIMS, load_dev_data
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
@@ -57,7 +53,7 @@ def main() -> None:
 
             row = {"lang": lang, "seed": seed,
                    "plain": score(lambda x, m: adaptor.transform(x, m)),
-                   "shift": score(lambda x, m: adaptor.transform(unit(x + shift), m))}
+                   "shift": score(lambda x, m: adaptor.transform(x + shift, m))}  # transform re-normalises
             if seed == seeds[0]:  # deterministic: once per language
                 row["own_pca"] = score(make_method("pca").fit(FitData(corpus, corpus_ids), DIMS, seed=0).encode)
             print(json.dumps(row), flush=True)
