@@ -12,7 +12,10 @@ Runs of a label curve (``--labels``) may differ in label counts and seeds: rows 
 
 With ``--multi``, the arguments are output folders of multi-dataset runs (``benchmark --dataset A B
 ...``): each dataset's ``results.json`` is merged across the folders that have it (first folder
-first), and the cross-dataset summary, per-dataset reports and small-multiples plot are written anew:
+first), and the cross-dataset summary, per-dataset reports and small-multiples plot are written anew.
+A folder may also hold single-dataset runs as ``<dataset>/results.json`` and no ``summary.json`` (e.g.
+one method re-run dataset by dataset, each merged first without ``--multi``); at least one folder must
+be a multi-dataset run, whose ``summary.json`` gives the machine and model:
 
     python benchmarks/merge_benchmark_results.py --multi results/xq-seed0 results/xq-seeds12 --out results/xq \
         --summary-exclude pool
@@ -63,8 +66,15 @@ def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]
     from matryoshka_adaptor.eval.multi_dataset import summarize_datasets, write_multi_report
     from matryoshka_adaptor.eval.methods import split_transfer_name
 
-    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
-    names = list(dict.fromkeys(n for s in summaries for n in s["datasets"]))
+    summaries = [json.loads((f / "summary.json").read_text()) if (f / "summary.json").is_file() else None
+                 for f in folders]
+    if not any(summaries):
+        raise InputError("no folder has a summary.json: put a multi-dataset run's folder among them.")
+    # A folder without summary.json holds single-dataset runs as <dataset>/results.json: its datasets
+    # are those subfolders.
+    names = list(dict.fromkeys(n for f, s in zip(folders, summaries)
+                               for n in (s["datasets"] if s else
+                                         sorted(d.name for d in f.iterdir() if (d / "results.json").is_file()))))
     results = {}
     for name in names:
         runs = [json.loads((f / name / "results.json").read_text()) for f in folders
@@ -78,9 +88,9 @@ def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]
     for r in results.values():
         for row in r["rows"]:
             method_seeds.setdefault(row["method"], set()).add(row["seed"])
-    first = summaries[0]
+    first = next(s for s in summaries if s)
     summary.update(datasets=names, summary_exclude=list(summary_exclude), methods=methods,
-                   seeds=sorted({s for x in summaries for s in x["seeds"]}),
+                   seeds=sorted({s for r in results.values() for s in r["seeds"]}),
                    method_seeds={m: sorted(v) for m, v in method_seeds.items()},
                    dims=sorted({e["dim"] for r in results.values() for e in r["summary"]}),
                    missing=[], machine=first["machine"], embeddings_name=first.get("embeddings_name"),
