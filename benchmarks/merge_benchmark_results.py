@@ -66,6 +66,9 @@ def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]
     from matryoshka_adaptor.eval.multi_dataset import summarize_datasets, write_multi_report
     from matryoshka_adaptor.eval.methods import split_transfer_name
 
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise InputError(f"not a folder: {', '.join(missing)}; --multi takes benchmark output folders.")
     summaries = [json.loads((f / "summary.json").read_text()) if (f / "summary.json").is_file() else None
                  for f in folders]
     if not any(summaries):
