@@ -61,6 +61,14 @@ def merge(results: list[dict]) -> dict:
     return merged
 
 
+def datasets_in(folder: Path, summary: dict | None) -> list[str]:
+    """The datasets of a run folder: its summary's list, or (a folder of single-dataset runs without a
+    summary.json) the subfolders that hold a results.json."""
+    if summary:
+        return summary["datasets"]
+    return sorted(d.name for d in folder.iterdir() if (d / "results.json").is_file())
+
+
 def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]) -> dict:
     """Merge multi-dataset run folders dataset by dataset and rewrite the cross-dataset outputs."""
     from matryoshka_adaptor.eval.multi_dataset import summarize_datasets, write_multi_report
@@ -73,11 +81,7 @@ def merge_multi(folders: list[Path], out: Path, summary_exclude: tuple[str, ...]
                  for f in folders]
     if not any(summaries):
         raise InputError("no folder has a summary.json: put a multi-dataset run's folder among them.")
-    # A folder without summary.json holds single-dataset runs as <dataset>/results.json: its datasets
-    # are those subfolders.
-    names = list(dict.fromkeys(n for f, s in zip(folders, summaries)
-                               for n in (s["datasets"] if s else
-                                         sorted(d.name for d in f.iterdir() if (d / "results.json").is_file()))))
+    names = list(dict.fromkeys(n for f, s in zip(folders, summaries) for n in datasets_in(f, s)))
     results = {}
     for name in names:
         runs = [json.loads((f / name / "results.json").read_text()) for f in folders

@@ -25,6 +25,7 @@ from matryoshka_adaptor.eval.methods import FitData, make_method
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.pca import principal_axes
+from matryoshka_adaptor.validation import l2_normalize
 
 from dev_splits import add_dev_set_arguments
 from topic_holdout_dev import DIMS, load_dev_data
@@ -56,9 +57,6 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def unit(x):
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
     def emit(seed, setting, row, **extra):
         rec = dict(dataset=args.dataset, seed=seed, setting=setting, params=args.params,
                    ndcg=dict(zip(DIMS, row)), **extra)
@@ -67,7 +65,7 @@ def main() -> None:
         print(f"{args.dataset} seed={seed} {setting} {args.params}: {row} {extra or ''}", flush=True)
 
     def score(q_full, c_full):
-        return [round(evaluate_run(dev, retrieve(unit(q_full[:, :m]), unit(c_full[:, :m]), dev_q, cid))["ndcg@10"], 4)
+        return [round(evaluate_run(dev, retrieve(l2_normalize(q_full[:, :m]), l2_normalize(c_full[:, :m]), dev_q, cid))["ndcg@10"], 4)
                 for m in DIMS]
 
     pca = make_method("pca").fit(FitData(C, cid), DIMS, seed=0)
