@@ -1,6 +1,7 @@
 """Shared test helpers: a deterministic fake embedding model that records what it embeds."""
 
 import hashlib
+import sys
 import threading
 
 import numpy as np
@@ -60,7 +61,12 @@ class ScriptedEmbeddingsServer:
             def log_message(self, *args):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-answer (kill tests)
+                    super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def __enter__(self) -> str:

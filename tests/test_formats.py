@@ -57,7 +57,7 @@ def test_parquet_errors(tmp_path):
         read_embeddings(tmp_path / "x.csv")
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.dtype(">f4")])
 def test_streaming_npy_reads_other_float_types(tmp_path, corpus, dtype):
     np.save(tmp_path / "in.npy", corpus.astype(dtype))
     transform_file(tmp_path / "in.npy", tmp_path / "out.npy", lambda x, off: x.astype(np.float32), 32, chunk_rows=64)
@@ -68,6 +68,8 @@ def test_truncated_npy_is_reported_and_leaves_no_output(tmp_path, corpus):
     np.save(tmp_path / "in.npy", corpus)
     data = (tmp_path / "in.npy").read_bytes()
     (tmp_path / "in.npy").write_bytes(data[: len(data) - 1000])
-    with pytest.raises(InputError, match="truncated"):
+    # 1,000 bytes are 7.8 rows of 32 float32: the last 8 rows are incomplete
+    with pytest.raises(InputError, match=f"truncated: .* promises {len(corpus)} rows but the data ends in row "
+                                         f"{len(corpus) - 8};"):
         transform_file(tmp_path / "in.npy", tmp_path / "out.npy", lambda x, off: x, 32, chunk_rows=64)
     assert not (tmp_path / "out.npy").exists()

@@ -56,7 +56,10 @@ def test_topk_ties_broken_by_index():
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8", "binary", "binary-centered", "binary-itq"])
-def test_search_independent_of_blocking(data, precision):
+def test_search_independent_of_blocking(data, precision, monkeypatch):
+    import matryoshka_adaptor.quantization as quantization
+
+    monkeypatch.setattr(quantization, "SCORE_TILE_ROWS", 16)  # many tiles, blocks that are not a multiple of one
     corpus, queries = data
     store = QuantizedVectors.encode(corpus[:, :16], precision)
     a = store.search(queries[:, :16], 25)

@@ -57,7 +57,7 @@ def test_sigterm_during_transform_leaves_no_temp_file_and_the_old_output(tmp_pat
     np.save(tmp_path / "big.npy", x)
     np.save(tmp_path / "out.npy", x[:2])
     old = (tmp_path / "out.npy").read_bytes()
-    proc = cli_process("transform", adaptor, tmp_path / "big.npy", tmp_path / "out.npy", "--chunk-rows", "16", "-q")
+    proc = cli_process("transform", adaptor, tmp_path / "big.npy", tmp_path / "out.npy", "--chunk-rows", "1", "-q")
     temps = lambda: [p for p in tmp_path.iterdir() if p.name.startswith(".out.npy.")]  # noqa: E731
     assert wait_for(lambda: temps() or proc.poll() is not None), "transform never started writing"
     assert proc.poll() is None, "transform finished before it could be interrupted; make the input bigger"

@@ -89,6 +89,11 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help=f"Show the full traceback of a failure (or set {DEBUG_ENV}=1)."),
 ):
     ctx.obj = {"debug": debug}
+    # From here to the end of the command, not per command body: a SIGTERM during the input checks
+    # (which already create probe files) must clean up like one later on. `serve` is left alone:
+    # uvicorn shuts down gracefully on SIGTERM itself.
+    if ctx.invoked_subcommand != "serve":
+        ctx.with_resource(_sigterm_as_interrupt())
 
 
 @contextmanager
@@ -229,15 +234,14 @@ def fit(
         if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
             known = set(map(str, qids))
             labels = {k_: v for k_, v in labels.items() if k_ in known}
-    with _sigterm_as_interrupt():
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", TrainingDivergedWarning)
-            est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
-        for w in caught:  # one line each, not Python's two-line warning format
-            typer.echo(f"warning: {w.message}", err=True)
-        with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
-            est.save(staging / "adaptor")
-            persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TrainingDivergedWarning)
+        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+    for w in caught:  # one line each, not Python's two-line warning format
+        typer.echo(f"warning: {w.message}", err=True)
+    with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
+        est.save(staging / "adaptor")
+        persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
     s = est.fit_summary_
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
     if "supervised" in s:
@@ -298,17 +302,16 @@ def transform(
     file_kind(output)
     check_distinct_paths(input, output)
     check_writable(output)
-    with _sigterm_as_interrupt():
-        est = MatryoshkaAdaptor.load(adaptor)
-        dim = check_output_dim(dim, est.input_dim_)
-        np_adaptor = est.numpy_adaptor()
+    est = MatryoshkaAdaptor.load(adaptor)
+    dim = check_output_dim(dim, est.input_dim_)
+    np_adaptor = est.numpy_adaptor()
 
-        def apply(chunk, offset):
-            chunk = check_embeddings(chunk, name=f"{input}", expected_dim=est.input_dim_)
-            return np_adaptor.apply(chunk, dim, offset=offset)
+    def apply(chunk, offset):
+        chunk = check_embeddings(chunk, name=f"{input}", expected_dim=est.input_dim_)
+        return np_adaptor.apply(chunk, dim, offset=offset)
 
-        n = transform_file(input, output, apply, dim, column=column, id_column=id_column,
-                           chunk_rows=chunk_rows, progress=not quiet)
+    n = transform_file(input, output, apply, dim, column=column, id_column=id_column,
+                       chunk_rows=chunk_rows, progress=not quiet)
     typer.echo(f"wrote {n} x {dim} vectors to {output}")
 
 
@@ -323,10 +326,9 @@ def _transform_on_engine(engine, adaptor, source, output, dim, column, id_column
     check_chunk_rows(batch_rows)
     from .distributed.ray_transform import transform_parquet_shards
 
-    with _sigterm_as_interrupt():
-        report = transform_parquet_shards(adaptor, source, output, dim=dim, column=column, id_column=id_column,
-                                          num_workers=workers, batch_rows=batch_rows, ray_address=ray_address,
-                                          progress=not quiet)
+    report = transform_parquet_shards(adaptor, source, output, dim=dim, column=column, id_column=id_column,
+                                      num_workers=workers, batch_rows=batch_rows, ray_address=ray_address,
+                                      progress=not quiet)
     typer.echo(f"wrote {len(report.written)} shard(s), {report.rows_written} rows, to {output} "
                f"({len(report.skipped)} already complete, skipped) in {report.seconds:.1f} s")
 
@@ -471,11 +473,10 @@ def embed(
         options = dict(batch_size=batch_size if batch_size is not None else 256)
     source = make_source(provider, model, cache_path=cache or default_cache_path(), input_type=input_type,
                          prefix=prefix, **options)
-    with _sigterm_as_interrupt():
-        vectors = source.encode(texts, progress=not quiet)
-        write_embeddings(out, vectors, ids if kind != "npy" else None)
-        if kind == "npy":
-            atomic_write_bytes(ids_path, json.dumps({"ids": ids}).encode())
+    vectors = source.encode(texts, progress=not quiet)
+    write_embeddings(out, vectors, ids if kind != "npy" else None)
+    if kind == "npy":
+        atomic_write_bytes(ids_path, json.dumps({"ids": ids}).encode())
     stats = getattr(source, "last_stats", None)
     if stats is not None:
         typer.echo(stats.summary())

@@ -255,11 +255,14 @@ def transform_file(
                 f.seek(data_start)
                 for s in range(0, n, chunk_rows):
                     rows = min(chunk_rows, n - s)
-                    x = np.fromfile(f, dtype=dtype, count=rows * d)
-                    if x.size != rows * d:
+                    x = np.empty((rows, d), dtype=dtype)
+                    # readinto, not np.fromfile: numpy turns a Ctrl-C / SIGTERM raised inside fromfile
+                    # into "TypeError: expected str, bytes or os.PathLike object".
+                    got = f.readinto(x.reshape(-1).view(np.uint8))
+                    if got != x.nbytes:
                         raise InputError(f"{in_path} is truncated: its header promises {n} rows but the data "
-                                         f"ends in row {s + x.size // d}; re-create the file.")
-                    yield s, x.reshape(rows, d), None
+                                         f"ends in row {s + got // (d * x.itemsize)}; re-create the file.")
+                    yield s, x, None
     else:
         x_all, ids_all = read_embeddings(in_path, column=column, id_column=id_column)
         if x_all.ndim != 2:
