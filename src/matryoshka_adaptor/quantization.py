@@ -38,16 +38,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
+PRECISIONS = ("float32", "int8", "binary", "binary-centered", "binary-itq")
+BINARY_PRECISIONS = ("binary", "binary-centered", "binary-itq")
+
 # Corpus rows per matrix product in QuantizedVectors.search. BLAS rounds a float inner product
 # differently with the shape of the product (OpenBLAS on AMD EPYC: ~1 ulp apart between a block
 # of 37 rows and one of 500), so products over fixed row tiles keep scores, and the order of
 # near-ties, independent of how the corpus is split into blocks.
 SCORE_TILE_ROWS = 4096
-
-from .errors import InputError
-
-PRECISIONS = ("float32", "int8", "binary", "binary-centered", "binary-itq")
-BINARY_PRECISIONS = ("binary", "binary-centered", "binary-itq")
 
 
 def check_precision(precision: str) -> str:
