@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from matryoshka_adaptor import MatryoshkaAdaptor
+from matryoshka_adaptor.embed.sources import load_precomputed
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.methods import FitData, make_method
 from matryoshka_adaptor.eval.metrics import evaluate_run
@@ -44,6 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("params", nargs="?", default="", help="keyword arguments for MatryoshkaAdaptor, e.g. \"steps=300\"")
     ap.add_argument("--data", default=os.environ.get("MA_DATA_DIR", "../shared/data") + "/scifact")
+    ap.add_argument("--embeddings", default=None,
+                    help="precomputed vectors (corpus.npy, queries.npy, ids.json) of another model; default: the data "
+                         "folder's all-MiniLM-L6-v2 vectors")
     ap.add_argument("--queries", action="store_true", help="unsupervised, with the 70 %% train queries unlabeled")
     ap.add_argument("--supervised", action="store_true", help="supervised on the 70 %% train queries' qrels")
     ap.add_argument("--baselines", action="store_true", help="print truncate and PCA only")
@@ -52,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
 
     ds = load_beir(args.data)
-    pre = minilm_vectors(args.data)
+    pre = load_precomputed(args.embeddings) if args.embeddings else minilm_vectors(args.data)
     C, Q = pre.corpus, pre.queries
     cid, qpos = pre.corpus_ids, {q: i for i, q in enumerate(pre.query_ids)}
     train = ds.qrels["train"]
@@ -85,7 +89,7 @@ def main() -> None:
         print("| setting | " + " | ".join(map(str, DIMS)) + " |")
     if args.baselines:
         # The benchmark's own baseline classes, fitted on the corpus only.
-        for name, label in (("truncate", "truncate"), ("pca", "pca (uncentred)")):
+        for name, label in (("truncate", "truncate"), ("pca", "pca (uncentred)"), ("pca-centered", "pca (centred)")):
             method = make_method(name).fit(FitData(C, cid), tuple(DIMS), seed=0)
             report(label, scores(method.encode))
         return

@@ -13,7 +13,7 @@ from matryoshka_adaptor.config import DEFAULTS, FIELDS, RECIPES, AdaptorConfig
 BAD = [
     ("dims", "64"), ("dims", (32.7, 64)), ("dims", True), ("dims", ()), ("dims", (0, 8)), ("dims", (8, -1)),
     ("dims", {"a": 1}), ("dims", (True, 8)),
-    ("temperature", 0.0), ("temperature", -1.0), ("temperature", math.inf),
+    ("temperature", 0.0), ("temperature", -1.0), ("temperature", math.inf), ("temperature", "hot"),
     ("batch_size", 0), ("batch_size", 12.5), ("batch_size", "128"), ("batch_size", True),
     ("steps", -5), ("supervised_steps", -1),
     ("lr", math.nan), ("lr", 0.0), ("lr", -1e-3), ("lr", "fast"), ("lr", 1e38),
@@ -84,7 +84,8 @@ def test_every_field_is_documented_with_its_range():
     text = AdaptorConfig.describe()
     for name in FIELDS:
         assert f"\n{name} = " in "\n" + text
-    assert "temperature = 0.05: Softmax temperature of the listwise term. (a finite number > 0)" in text
+    assert "temperature = 0.05: Softmax temperature of the listwise term." in text
+    assert "(a finite number > 0 or one of 'auto')" in text
     doc = MatryoshkaAdaptor.__doc__
     assert "Attributes\n    ----------" in doc and "settings_ : AdaptorConfig" in doc
     assert all(f"    {name} : " in doc for name in FIELDS)

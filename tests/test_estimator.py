@@ -312,3 +312,25 @@ def test_neighbors_from_corpus_mines_a_sampled_fit_in_every_row_and_is_checked()
         MatryoshkaAdaptor(neighbors_from="everything")
     with pytest.raises(InputError, match="rotation_dims"):
         MatryoshkaAdaptor(rotation_dims=0)
+
+
+def test_auto_temperature_follows_the_spread_of_cosines_and_is_recorded(tmp_path):
+    from conftest import clustered
+    from matryoshka_adaptor.fitting import auto_temperature
+
+    spread = clustered(n=200, d=32)
+    # A common direction added to every row: cosines bunch near 1, as with e5-style models
+    bunched = spread + 3.0 * np.ones(32, dtype=np.float32) / np.sqrt(32)
+    bunched = (bunched / np.linalg.norm(bunched, axis=1, keepdims=True)).astype(np.float32)
+    fast = dict(dims=(4, 8), steps=5, eval_every=5, progress=False, device="cpu", seed=3)
+    wide = MatryoshkaAdaptor(temperature="auto", **fast).fit(spread)
+    tight = MatryoshkaAdaptor(temperature="auto", **fast).fit(bunched)
+    assert 0 < tight.settings_.temperature < wide.settings_.temperature
+    assert tight.settings_.temperature == pytest.approx(auto_temperature(bunched, 3), abs=1e-6)
+    assert tight.settings_.temperature == pytest.approx(
+        0.05 * np.sqrt(np.std(bunched @ bunched.T) / 0.13), rel=0.1)  # 200 rows: all of them are drawn
+    tight.save(tmp_path / "a")
+    assert MatryoshkaAdaptor.load(tmp_path / "a").settings_.temperature == tight.settings_.temperature
+    # the other random draws do not depend on how the temperature was chosen
+    fixed = MatryoshkaAdaptor(temperature=tight.settings_.temperature, **fast).fit(bunched)
+    np.testing.assert_array_equal(fixed.transform(bunched, 8), tight.transform(bunched, 8))

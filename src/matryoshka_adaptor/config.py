@@ -216,7 +216,12 @@ class AdaptorConfig:
     alpha: float = param(0.0, Interval(float, 0), "Weight of the pairwise similarity loss.")
     beta: float = param(20.0, Interval(float, 0), "Weight of the reconstruction loss in stage 1.")
     listwise_weight: float = param(1.0, Interval(float, 0), "Weight of the listwise KL distillation term.")
-    temperature: float = param(0.05, Interval(float, 0, open_low=True), "Softmax temperature of the listwise term.")
+    temperature: float | str = param(
+        0.05, AnyOf((Interval(float, 0, open_low=True), Options(("auto",)))),
+        "Softmax temperature of the listwise term. 'auto': scaled to how spread the model's cosines are, "
+        "0.05 * sqrt(s / 0.13) with s the std of cosines between random corpus rows (0.13 for MiniLM, so "
+        "0.05 there; ~0.02 for e5, whose cosines bunch near 0.83; docs/ablations.md). The fit records the "
+        "value it used.")
     binary_weight: float = param(0.0, Interval(float, 0), "Weight of the quantisation-aware listwise term on the "
                                  "binarised (straight-through sign) prefixes, so a binary first stage keeps the "
                                  "ranking (0 = off; docs/ablations.md).")

@@ -154,6 +154,23 @@ def rotate_rows(x: np.ndarray | None, rotation: np.ndarray, *, chunk_rows: int =
     return out
 
 
+# temperature="auto": the listwise temperature for all-MiniLM-L6-v2, and the std of its cosines between
+# random SciFact documents; the square root is the dev splits' choice between a fixed temperature and
+# one fully proportional to the spread (docs/ablations.md, session 14).
+REFERENCE_TEMPERATURE, REFERENCE_COSINE_STD = 0.05, 0.13
+
+
+def auto_temperature(sample: np.ndarray, seed: int, *, rows: int = 1000) -> float:
+    """``REFERENCE_TEMPERATURE * sqrt(s / REFERENCE_COSINE_STD)``, ``s`` the std of the cosines between
+    up to ``rows`` random unit rows of ``sample`` and up to ``rows`` others (own stream: the fit's
+    random draws are the same as with a fixed temperature)."""
+    rng = np.random.default_rng(seed)
+    a = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
+    b = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
+    spread = float(np.std(a @ b.T))
+    return REFERENCE_TEMPERATURE * float(np.sqrt(max(spread, 1e-6) / REFERENCE_COSINE_STD))
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -183,6 +200,8 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     sample = gather_unit_rows(inputs.corpus, rows)
     queries = l2_normalize(inputs.queries, name="queries") if inputs.queries is not None else None
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
+    if config.temperature == "auto":
+        config = config.replace(temperature=round(auto_temperature(sample, config.seed), 6))
 
     device = resolve_device(config.device)
     # Corpus only: no labels, and no query vectors as anchors.
