@@ -220,8 +220,8 @@ class AdaptorConfig:
         0.05, AnyOf((Interval(float, 0, open_low=True), Options(("auto",)))),
         "Softmax temperature of the listwise term. 'auto': scaled to how spread the model's cosines are, "
         "0.05 * sqrt(s / 0.13) with s the std of cosines between random corpus rows (0.13 for MiniLM, so "
-        "0.05 there; ~0.02 for e5, whose cosines bunch near 0.83; docs/ablations.md). The fit records the "
-        "value it used.")
+        "0.05 there; ~0.02 for e5, whose cosines bunch near 0.83). For unsupervised fits: it lifted them on "
+        "e5 but cost supervised ones (docs/ablations.md, session 14). The fit records the value it used.")
     binary_weight: float = param(0.0, Interval(float, 0), "Weight of the quantisation-aware listwise term on the "
                                  "binarised (straight-through sign) prefixes, so a binary first stage keeps the "
                                  "ranking (0 = off; docs/ablations.md).")
