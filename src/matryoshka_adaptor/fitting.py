@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AdaptorConfig, default_architecture, default_dims
+from .config import DEFAULTS, AdaptorConfig, default_architecture, default_dims
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -154,10 +154,10 @@ def rotate_rows(x: np.ndarray | None, rotation: np.ndarray, *, chunk_rows: int =
     return out
 
 
-# temperature="auto": the listwise temperature for all-MiniLM-L6-v2, and the std of its cosines between
-# random SciFact documents; the square root is the dev splits' choice between a fixed temperature and
-# one fully proportional to the spread (docs/ablations.md, session 14).
-REFERENCE_TEMPERATURE, REFERENCE_COSINE_STD = 0.05, 0.13
+# temperature="auto": the default temperature (chosen on all-MiniLM-L6-v2) and the std of MiniLM's cosines
+# between random SciFact documents; the square root is the dev splits' choice between a fixed temperature
+# and one fully proportional to the spread (docs/ablations.md, session 14).
+REFERENCE_TEMPERATURE, REFERENCE_COSINE_STD = DEFAULTS.temperature, 0.13
 
 
 def auto_temperature(sample: np.ndarray, seed: int, *, rows: int = 1000) -> float:
