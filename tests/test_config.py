@@ -84,7 +84,7 @@ def test_every_field_is_documented_with_its_range():
     text = AdaptorConfig.describe()
     for name in FIELDS:
         assert f"\n{name} = " in "\n" + text
-    assert "temperature = 0.05: Softmax temperature of the listwise term." in text
+    assert "temperature = 'auto': Softmax temperature of the listwise term." in text
     assert "(a finite number > 0 or one of 'auto')" in text
     doc = MatryoshkaAdaptor.__doc__
     assert "Attributes\n    ----------" in doc and "settings_ : AdaptorConfig" in doc

@@ -316,7 +316,7 @@ def test_neighbors_from_corpus_mines_a_sampled_fit_in_every_row_and_is_checked()
 
 def test_auto_temperature_follows_the_spread_of_cosines_and_is_recorded(tmp_path):
     from conftest import clustered
-    from matryoshka_adaptor.fitting import auto_temperature
+    from matryoshka_adaptor.config import auto_temperature
 
     spread = clustered(n=200, d=32)
     # A common direction added to every row: cosines bunch near 1, as with e5-style models
@@ -334,3 +334,32 @@ def test_auto_temperature_follows_the_spread_of_cosines_and_is_recorded(tmp_path
     # the other random draws do not depend on how the temperature was chosen
     fixed = MatryoshkaAdaptor(temperature=tight.settings_.temperature, **fast).fit(bunched)
     np.testing.assert_array_equal(fixed.transform(bunched, 8), tight.transform(bunched, 8))
+
+
+def test_supervised_temperature_sets_stage_two_only_and_auto_is_recorded():
+    from matryoshka_adaptor.config import auto_temperature
+
+    corpus, doc_topic, queries, query_topic = topic_task()
+    qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(60)}
+    ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(60)])
+    params = dict(dims=(4, 8, 32), **{**FAST, "steps": 10, "supervised_steps": 20})
+
+    def fit(labels=True, **kw):
+        est = MatryoshkaAdaptor(**params, **kw)
+        return est.fit(corpus, queries[:60], qrels, **ids) if labels else est.fit(corpus, queries[:60])
+
+    same = fit(temperature=0.05)
+    assert same.settings_.supervised_temperature is None  # None: stage 2 uses temperature
+    np.testing.assert_array_equal(fit(temperature=0.05, supervised_temperature=0.05).transform(corpus, 8),
+                                  same.transform(corpus, 8))
+    assert not np.array_equal(fit(temperature=0.05, supervised_temperature=0.5).transform(corpus, 8),
+                              same.transform(corpus, 8))
+    # a fit without labels has no stage 2: the setting changes nothing
+    np.testing.assert_array_equal(fit(False, temperature=0.05, supervised_temperature=0.5).transform(corpus, 8),
+                                  fit(False, temperature=0.05).transform(corpus, 8))
+    # the default "auto": the reference 0.05 in supervised fits, scaled to the cosines' spread without labels
+    assert fit().settings_.temperature == 0.05
+    assert fit(False).settings_.temperature == pytest.approx(auto_temperature(corpus, 0), abs=1e-6) != 0.05
+    for bad in (0, "auto"):
+        with pytest.raises(InputError, match="supervised_temperature"):
+            MatryoshkaAdaptor(supervised_temperature=bad)

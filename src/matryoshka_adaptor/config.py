@@ -176,6 +176,9 @@ INITS = ("pca", "identity")
 LISTWISE_TARGETS = ("auto", "original", "adapted")
 RANK_DIM_WEIGHTS = ("uniform", "inv_sqrt")
 RECIPE_NAMES = ("default", "paper")
+# The listwise temperature chosen on all-MiniLM-L6-v2 (docs/ablations.md): temperature="auto" scales it
+# for fits without labels and keeps it for supervised ones.
+REFERENCE_TEMPERATURE = 0.05
 
 
 @dataclass(frozen=True)
@@ -217,11 +220,12 @@ class AdaptorConfig:
     beta: float = param(20.0, Interval(float, 0), "Weight of the reconstruction loss in stage 1.")
     listwise_weight: float = param(1.0, Interval(float, 0), "Weight of the listwise KL distillation term.")
     temperature: float | str = param(
-        0.05, AnyOf((Interval(float, 0, open_low=True), Options(("auto",)))),
-        "Softmax temperature of the listwise term. 'auto': scaled to how spread the model's cosines are, "
-        "0.05 * sqrt(s / 0.13) with s the std of cosines between random corpus rows (0.13 for MiniLM, so "
-        "0.05 there; ~0.02 for e5, whose cosines bunch near 0.83). For unsupervised fits: it lifted them on "
-        "e5 but cost supervised ones (docs/ablations.md, session 14). The fit records the value it used.")
+        "auto", AnyOf((Interval(float, 0, open_low=True), Options(("auto",)))),
+        "Softmax temperature of the listwise term. 'auto': in fits without labels, scaled to how spread the "
+        "model's cosines are, 0.05 * sqrt(s / 0.13) with s the std of cosines between random corpus rows (0.13 "
+        "for MiniLM, so ~0.05 there; ~0.02 for e5, whose cosines bunch near 0.83); in supervised fits 0.05 in "
+        "both stages (the scaled one cost them; docs/ablations.md, sessions 14-15). The fit records the value "
+        "it used.")
     binary_weight: float = param(0.0, Interval(float, 0), "Weight of the quantisation-aware listwise term on the "
                                  "binarised (straight-through sign) prefixes, so a binary first stage keeps the "
                                  "ranking (0 = off; docs/ablations.md).")
@@ -242,6 +246,9 @@ class AdaptorConfig:
     # Supervised stage (stage 2)
     gamma: float = param(1.0, Interval(float, 0), "Weight of the ranking loss.")
     supervised_beta: float = param(1.0, Interval(float, 0), "Weight of the reconstruction loss in stage 2.")
+    supervised_temperature: float | None = param(
+        None, Interval(float, 0, open_low=True),
+        "Softmax temperature of the listwise term in stage 2 (None: the stage-1 temperature).", optional=True)
     supervised_listwise_target: str = param(
         "auto", Options(LISTWISE_TARGETS),
         "Target of the listwise term in stage 2: 'original' (the original vectors' full-dim cosines), "
@@ -380,6 +387,33 @@ def resolve_queries_as_candidates(value: bool | str, supervised: bool) -> bool:
     keep the candidates (docs/ablations.md, sessions 7 and 8).
     """
     return supervised if value == "auto" else bool(value)
+
+
+
+# temperature="auto": the std of all-MiniLM-L6-v2's cosines between random SciFact documents (the model
+# REFERENCE_TEMPERATURE was chosen on); the square root is the dev splits' choice between a fixed
+# temperature and one fully proportional to the spread (docs/ablations.md, session 14).
+REFERENCE_COSINE_STD = 0.13
+
+
+def auto_temperature(sample: np.ndarray, seed: int, *, rows: int = 1000) -> float:
+    """``REFERENCE_TEMPERATURE * sqrt(s / REFERENCE_COSINE_STD)``, ``s`` the std of the cosines between
+    up to ``rows`` random unit rows of ``sample`` and up to ``rows`` others (own stream: the fit's
+    random draws are the same as with a fixed temperature)."""
+    rng = np.random.default_rng(seed)
+    a = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
+    b = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
+    spread = float(np.std(a @ b.T))
+    return REFERENCE_TEMPERATURE * float(np.sqrt(max(spread, 1e-6) / REFERENCE_COSINE_STD))
+
+
+def resolve_temperature(value: float | str, sample: np.ndarray, seed: int, supervised: bool) -> float:
+    """``temperature`` for one fit: ``"auto"`` is :func:`auto_temperature` of the fit's unit rows without
+    labels and ``REFERENCE_TEMPERATURE`` with them (the scaled one made e5's supervised stage diverge and
+    its stage-1 start a worse one for stage 2; docs/ablations.md, session 15). A number is kept."""
+    if value != "auto":
+        return value
+    return REFERENCE_TEMPERATURE if supervised else round(auto_temperature(sample, seed), 6)
 
 
 DEFAULTS = AdaptorConfig()

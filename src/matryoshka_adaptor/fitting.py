@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import DEFAULTS, AdaptorConfig, default_architecture, default_dims
+from .config import AdaptorConfig, default_architecture, default_dims, resolve_temperature
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
@@ -154,23 +154,6 @@ def rotate_rows(x: np.ndarray | None, rotation: np.ndarray, *, chunk_rows: int =
     return out
 
 
-# temperature="auto": the default temperature (chosen on all-MiniLM-L6-v2) and the std of MiniLM's cosines
-# between random SciFact documents; the square root is the dev splits' choice between a fixed temperature
-# and one fully proportional to the spread (docs/ablations.md, session 14).
-REFERENCE_TEMPERATURE, REFERENCE_COSINE_STD = DEFAULTS.temperature, 0.13
-
-
-def auto_temperature(sample: np.ndarray, seed: int, *, rows: int = 1000) -> float:
-    """``REFERENCE_TEMPERATURE * sqrt(s / REFERENCE_COSINE_STD)``, ``s`` the std of the cosines between
-    up to ``rows`` random unit rows of ``sample`` and up to ``rows`` others (own stream: the fit's
-    random draws are the same as with a fixed temperature)."""
-    rng = np.random.default_rng(seed)
-    a = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
-    b = sample[rng.choice(len(sample), min(rows, len(sample)), replace=False)]
-    spread = float(np.std(a @ b.T))
-    return REFERENCE_TEMPERATURE * float(np.sqrt(max(spread, 1e-6) / REFERENCE_COSINE_STD))
-
-
 def resolve_device(device: str) -> str:
     import torch
 
@@ -200,8 +183,9 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     sample = gather_unit_rows(inputs.corpus, rows)
     queries = l2_normalize(inputs.queries, name="queries") if inputs.queries is not None else None
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
-    if config.temperature == "auto":
-        config = config.replace(temperature=round(auto_temperature(sample, config.seed), 6))
+    # resolved on the sample before any rotation (the Trainer would resolve it on its training rows)
+    config = config.replace(temperature=resolve_temperature(config.temperature, sample, config.seed,
+                                                            inputs.supervised))
 
     device = resolve_device(config.device)
     # Corpus only: no labels, and no query vectors as anchors.

@@ -36,7 +36,7 @@ import torch
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ..config import AdaptorConfig, resolve_queries_as_candidates
+from ..config import AdaptorConfig, resolve_queries_as_candidates, resolve_temperature
 from ..errors import TrainingDivergedWarning
 from . import losses
 from .module import AdaptorNet
@@ -113,6 +113,7 @@ class UnsupervisedBatch:
     n_corpus_anchors: int
     dims: tuple[int, ...]
     config: AdaptorConfig
+    temperature: float  # of the listwise terms in this stage (Trainer.stage_temperature)
     adapted_target: bool = False  # stage 2 with supervised_listwise_target="adapted"
 
     @property
@@ -165,14 +166,14 @@ def _listwise_term(b: UnsupervisedBatch) -> torch.Tensor:
     mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
                               queries_as_candidates=b.config.queries_as_candidates)
     return losses.listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
-                                             temperature=b.config.temperature, mask=mask)
+                                             temperature=b.temperature, mask=mask)
 
 
 def _binary_term(b: UnsupervisedBatch) -> torch.Tensor:
     mask = listwise_pool_mask(b.anchor_ids, b.pool_rows, b.n_corpus_anchors,
                               queries_as_candidates=b.config.queries_as_candidates)
     return losses.binary_listwise_distillation_loss(b.anchors_adapted, b.adapted, b.target, b.dims,
-                                                    temperature=b.config.temperature, mask=mask)
+                                                    temperature=b.temperature, mask=mask)
 
 
 def _ranking_term(b: SupervisedBatch) -> torch.Tensor:
@@ -327,7 +328,8 @@ class Trainer:
         self.dims = tuple(dims)
         # "auto" settings resolved for this fit, so the config says what runs
         self.config = config.replace(queries_as_candidates=resolve_queries_as_candidates(
-            config.queries_as_candidates, data.supervised))
+            config.queries_as_candidates, data.supervised),
+            temperature=resolve_temperature(config.temperature, data.corpus, config.seed, data.supervised))
         self.device = device
         self.rng = np.random.default_rng(config.seed)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -385,7 +387,7 @@ class Trainer:
         # The anchors' slice is taken once, here, before any term: every term shares the same
         # graph node (and autograd accumulates their gradients in a fixed order).
         return UnsupervisedBatch(adapted, adapted[: len(anchor_ids)], z, anchor_ids, pool_rows, self.neighbor_sims[anchor_ids],
-                                 self.data.n_corpus_anchors, self.dims, self.config,
+                                 self.data.n_corpus_anchors, self.dims, self.config, self.stage_temperature(stage),
                                  adapted_target=stage == 2 and self.stage_two_listwise_target() == "adapted")
 
     def supervised_pool(self, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -592,6 +594,12 @@ class Trainer:
                                     cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
             self._labelled_split = labeled[train_q], labeled[val_q]
         return self._labelled_split
+
+    def stage_temperature(self, stage: int) -> float:
+        """The listwise temperature of ``stage`` (a number: "auto" is resolved in ``__init__``)."""
+        if stage == 2 and self.config.supervised_temperature is not None:
+            return self.config.supervised_temperature
+        return self.config.temperature
 
     def stage_two_listwise_target(self) -> str:
         """``supervised_listwise_target`` resolved: "auto" is "adapted" when stage 2 holds labelled queries out.
