@@ -389,7 +389,6 @@ def resolve_queries_as_candidates(value: bool | str, supervised: bool) -> bool:
     return supervised if value == "auto" else bool(value)
 
 
-
 # temperature="auto": the std of all-MiniLM-L6-v2's cosines between random SciFact documents (the model
 # REFERENCE_TEMPERATURE was chosen on); the square root is the dev splits' choice between a fixed
 # temperature and one fully proportional to the spread (docs/ablations.md, session 14).
