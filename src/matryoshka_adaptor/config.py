@@ -176,9 +176,6 @@ INITS = ("pca", "identity")
 LISTWISE_TARGETS = ("auto", "original", "adapted")
 RANK_DIM_WEIGHTS = ("uniform", "inv_sqrt")
 RECIPE_NAMES = ("default", "paper")
-# The listwise temperature chosen on all-MiniLM-L6-v2 (docs/ablations.md): temperature="auto" scales it
-# for fits without labels and keeps it for supervised ones.
-REFERENCE_TEMPERATURE = 0.05
 
 
 @dataclass(frozen=True)
@@ -389,9 +386,11 @@ def resolve_queries_as_candidates(value: bool | str, supervised: bool) -> bool:
     return supervised if value == "auto" else bool(value)
 
 
-# temperature="auto": the std of all-MiniLM-L6-v2's cosines between random SciFact documents (the model
-# REFERENCE_TEMPERATURE was chosen on); the square root is the dev splits' choice between a fixed
-# temperature and one fully proportional to the spread (docs/ablations.md, session 14).
+# temperature="auto": the listwise temperature chosen on all-MiniLM-L6-v2 (kept for supervised fits, scaled
+# for fits without labels) and the std of that model's cosines between random SciFact documents; the
+# square root is the dev splits' choice between a fixed temperature and one fully proportional to the
+# spread (docs/ablations.md, session 14).
+REFERENCE_TEMPERATURE = 0.05
 REFERENCE_COSINE_STD = 0.13
 
 
