@@ -107,6 +107,10 @@ def main() -> None:
             est.fit(C)
         seconds.append(time.perf_counter() - t0)
         rows.append(scores(lambda x, m: est.transform(x, m)))
+        stage2 = est.fit_summary_.get("supervised", {})
+        if "gamma_choice" in stage2:  # gamma="validated": the seed's row and what it kept
+            print(f"  seed {seed}: gamma {stage2['gamma_choice']}, shrink {stage2['shrink']}, row "
+                  + " / ".join(f"{x:.4f}" for x in rows[-1]), flush=True)
     label = f"{args.params or 'default'}{' +queries' if args.queries else ''}{' supervised' if args.supervised else ''}"
     report(f"{label}, seeds {args.seeds} (fit {np.mean(seconds):.0f} s)", np.mean(rows, axis=0))
 

@@ -154,6 +154,15 @@ def test_a_supervised_fit_says_what_it_kept_of_its_supervised_stage(tmp_path, co
                "--params", '{"min_validation_queries": 3}')
     assert r.exit_code == 0, r.output
     assert "on 3 held-out labelled queries the trained weights beat the half-way ones by" in r.output
+    assert "ranking weight gamma" not in r.output  # only gamma="validated" chooses one
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "g", *common,
+               "--params", '{"min_validation_queries": 3, "gamma": "validated"}')
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("ranking weight gamma="))
+    assert "kept: nDCG@10 on 3 held-out labelled queries gamma=1: " in line and ", gamma=2: " in line
+    # the saved settings record the weight kept, not "validated"
+    settings = json.loads((tmp_path / "g" / "config.json").read_text())["training"]["settings"]
+    assert settings["gamma"] in (1.0, 2.0) and f"gamma={settings['gamma']:g} kept" in line
     r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "c", *common, "--params", '{"supervised_shrink": 1}')
     assert r.exit_code == 0, r.output
     assert "supervised stage kept at shrink 1 (supervised_shrink=1.0)" in r.output

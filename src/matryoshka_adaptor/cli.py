@@ -246,6 +246,15 @@ def fit(
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
     if "supervised" in s:
         typer.echo(_supervised_stage_line(s["supervised"], est.settings_))
+        if "gamma_choice" in s["supervised"]:
+            typer.echo(_gamma_choice_line(s["supervised"]["gamma_choice"]))
+
+
+def _gamma_choice_line(choice: dict) -> str:
+    """One line on the ranking weight ``gamma="validated"`` kept, and the scores it chose by."""
+    scores = ", ".join(f"gamma={float(g):g}: {v:.4f}" for g, v in choice["val_ndcg@10_by_gamma"].items())
+    return (f"ranking weight gamma={choice['kept']:g} kept: nDCG@10 on {choice['held_out_queries']} held-out "
+            f"labelled queries {scores}.")
 
 
 def _supervised_stage_line(stage2: dict, settings) -> str:

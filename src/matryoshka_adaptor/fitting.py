@@ -235,11 +235,14 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         history["supervised"] = stage2.history
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
                                  "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink,
+                                 "gamma": trainer.config.gamma,
                                  "listwise_target": (trainer.stage_two_listwise_target()
-                                                     if stage_weights(config, 2)["listwise"] else None),
+                                                     if stage_weights(trainer.config, 2)["listwise"] else None),
                                  "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
         if stage2.shrink_evidence is not None:
             summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence
+        if stage2.gamma_choice is not None:
+            summary["supervised"]["gamma_choice"] = stage2.gamma_choice
         if stage2.diverged:
             summary["supervised"]["diverged"] = stage2.diverged
 

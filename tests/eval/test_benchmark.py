@@ -48,6 +48,7 @@ def test_benchmark_writes_table_csv_json_and_plot(tmp_path):
     # a supervised fit's rows say what it kept of its supervised stage (60 labels: no holdout, half way)
     shrinks = {(r["method"], r.get("supervised_shrink")) for r in result["rows"]}
     assert ("adaptor-supervised", 0.5) in shrinks and ("adaptor", None) in shrinks
+    assert {r.get("supervised_gamma") for r in result["rows"] if r["method"] == "adaptor-supervised"} == {1.0}
     paths = write_report(result, tmp_path / "out")
     md = paths["md"].read_text()
     assert "| adaptor-supervised |" in md and "| full (reference) |" in md

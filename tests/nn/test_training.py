@@ -358,6 +358,42 @@ def test_auto_shrink_halves_stage_two_unless_held_out_queries_show_the_full_stag
         assert torch.allclose(kept[k], start[k] + 0.5 * (trained[k] - start[k]), atol=1e-6)
 
 
+def _gamma_fit(gamma, *, min_validation_queries=1):
+    torch.manual_seed(0)
+    net = AdaptorNet(8, 8, learn_rotation=True)
+    cfg = config(supervised_steps=12, gamma=gamma, validation_fraction=0.2, batch_size=8, eval_every=4,
+                 min_validation_queries=min_validation_queries, dynamic_negatives=2, lr=1e-2, seed=0)
+    trainer = Trainer(net, (2, 8), cfg, _labelled_problem(20))
+    state = trainer.fit_supervised()
+    return state, _params(net), trainer
+
+
+def test_validated_gamma_keeps_the_plain_fit_of_the_weight_better_on_held_out_queries():
+    from matryoshka_adaptor.config import GAMMA_CANDIDATES
+
+    plain = {g: _gamma_fit(g) for g in GAMMA_CANDIDATES}
+    held_out = {}
+    for g, (_, weights, trainer) in plain.items():
+        trainer.net.load_state_dict(weights)
+        held_out[g] = trainer.query_ndcg(trainer.labelled_split()[1])
+    assert any(not torch.equal(plain[1.0][1][k], plain[2.0][1][k]) for k in plain[1.0][1])
+    state, kept, trainer = _gamma_fit("validated")
+    best = max(GAMMA_CANDIDATES, key=lambda g: held_out[g])  # max keeps the first of equal scores
+    # each candidate ran as the plain fit with its weight: same start, same random streams
+    assert state.gamma_choice["val_ndcg@10_by_gamma"] == {str(g): held_out[g] for g in GAMMA_CANDIDATES}
+    assert state.gamma_choice["kept"] == best == trainer.config.gamma
+    assert state.gamma_choice["held_out_queries"] == 4
+    assert all(torch.equal(plain[best][1][k], v) for k, v in kept.items())
+    assert state.best_step == plain[best][0].best_step
+
+
+def test_validated_gamma_without_held_out_queries_is_the_plain_fit_with_the_first_weight():
+    _, plain, _ = _gamma_fit(1.0, min_validation_queries=10)
+    state, kept, trainer = _gamma_fit("validated", min_validation_queries=10)
+    assert state.gamma_choice is None and trainer.config.gamma == 1.0
+    assert all(torch.equal(plain[k], v) for k, v in kept.items())
+
+
 def test_shrink_and_step_cap_are_validated_parameters():
     import pytest
 
@@ -372,6 +408,9 @@ def test_shrink_and_step_cap_are_validated_parameters():
     assert config(supervised_shrink="validated").supervised_shrink == "validated"
     assert config(supervised_shrink="auto").supervised_shrink == "auto"
     assert config(supervised_shrink=1).supervised_shrink == 1.0
+    with pytest.raises(InputError, match="gamma='best' is not valid"):
+        config(gamma="best")
+    assert config(gamma="validated").gamma == "validated" and config(gamma=2).gamma == 2.0
 
 
 def test_validated_shrink_is_reachable_from_the_estimator():

@@ -117,7 +117,7 @@ class Adaptor(Method):
 
     def fit_record(self):
         stage2 = self.adaptor_.fit_summary_.get("supervised")
-        return {} if stage2 is None else {"supervised_shrink": stage2["shrink"]}
+        return {} if stage2 is None else {"supervised_shrink": stage2["shrink"], "supervised_gamma": stage2["gamma"]}
 
 
 class FittedOn(Method):

@@ -36,7 +36,7 @@ import torch
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ..config import AdaptorConfig, resolve_queries_as_candidates, resolve_temperature
+from ..config import GAMMA_CANDIDATES, AdaptorConfig, resolve_queries_as_candidates, resolve_temperature
 from ..errors import TrainingDivergedWarning
 from . import losses
 from .module import AdaptorNet
@@ -95,6 +95,7 @@ class TrainState:
     initial_by_dim: dict | None = None  # stage 2: held-out nDCG@10 per dim before its first step
     query_choice: dict | None = None  # use_queries="validated": both stage-1 scores and the one kept
     shrink_evidence: dict | None = None  # supervised_shrink="auto": held-out gain of the full stage 2 over half
+    gamma_choice: dict | None = None  # gamma="validated": held-out score of each ranking weight and the one kept
 
 
 # ------------------------------------------------------------------------------ batches
@@ -679,10 +680,43 @@ class Trainer:
         return self._loop(cfg.steps, step, val, "fit (unsupervised)", early_stopping=False)
 
     def fit_supervised(self) -> TrainState:
-        """Stage 2: the supervised terms on labelled queries plus the unsupervised terms (stage-2 weights)."""
-        cfg, data = self.config, self.data
-        if not data.supervised:
+        """Stage 2: the supervised terms on labelled queries plus the unsupervised terms (stage-2 weights).
+
+        With ``gamma="validated"`` stage 2 runs once per weight in ``GAMMA_CANDIDATES``, each from the
+        same start and the same random streams (so each run is the plain fit with that weight), and the
+        weights scoring best on the held-out labelled queries (nDCG@10, mean over the dims) are kept;
+        ties keep the first. Without held-out queries the first weight runs alone. ``self.config``
+        then holds the weight kept, and the returned state's ``gamma_choice`` every score.
+        """
+        if not self.data.supervised:
             raise ValueError("fit_supervised needs TrainingData with queries and positives")
+        if self.config.gamma != "validated":
+            return self._fit_supervised_once()
+        base, val_q = self.config, self.labelled_split()[1]
+        if not len(val_q):
+            self.config = base.replace(gamma=GAMMA_CANDIDATES[0])
+            return self._fit_supervised_once()
+        start = copy.deepcopy(self.net.state_dict())
+        streams = (copy.deepcopy(self.rng.bit_generator.state), self.gen.get_state(), torch.get_rng_state())
+        runs = []
+        for gamma in GAMMA_CANDIDATES:
+            self.net.load_state_dict(start)
+            self.rng.bit_generator.state = copy.deepcopy(streams[0])
+            self.gen.set_state(streams[1])
+            torch.set_rng_state(streams[2])
+            self.config = base.replace(gamma=gamma)
+            state = self._fit_supervised_once()
+            runs.append((self.query_ndcg(val_q), gamma, state, copy.deepcopy(self.net.state_dict())))
+        _, gamma, state, weights = max(runs, key=lambda r: r[0])  # the first of equal scores
+        self.net.load_state_dict(weights)
+        self.config = base.replace(gamma=gamma)
+        state.gamma_choice = {"val_ndcg@10_by_gamma": {str(g): s for s, g, *_ in runs}, "kept": gamma,
+                              "held_out_queries": int(len(val_q))}
+        return state
+
+    def _fit_supervised_once(self) -> TrainState:
+        """One run of stage 2 with ``self.config`` (its ``gamma`` a number)."""
+        cfg = self.config
         weights = stage_weights(cfg, 2)
         self._dynamic_hard = None
         train_q, val_q = self.labelled_split()
