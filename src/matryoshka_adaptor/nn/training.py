@@ -696,14 +696,14 @@ class Trainer:
         if not len(val_q):
             self.config = base.replace(gamma=GAMMA_CANDIDATES[0])
             return self._fit_supervised_once()
+        # the fit's two streams are all stage 2 draws from, so restoring them replays the plain fit
         start = copy.deepcopy(self.net.state_dict())
-        streams = (copy.deepcopy(self.rng.bit_generator.state), self.gen.get_state(), torch.get_rng_state())
+        rng_state, gen_state = self.rng.bit_generator.state, self.gen.get_state()
         runs = []
         for gamma in GAMMA_CANDIDATES:
             self.net.load_state_dict(start)
-            self.rng.bit_generator.state = copy.deepcopy(streams[0])
-            self.gen.set_state(streams[1])
-            torch.set_rng_state(streams[2])
+            self.rng.bit_generator.state = rng_state
+            self.gen.set_state(gen_state)
             self.config = base.replace(gamma=gamma)
             state = self._fit_supervised_once()
             runs.append((self.query_ndcg(val_q), gamma, state, copy.deepcopy(self.net.state_dict())))
