@@ -87,8 +87,13 @@ def main() -> None:
     ap.add_argument("--no-baselines", action="store_true", help="skip PCA and the unsupervised fits")
     ap.add_argument("--baseline-params", default="", help="keywords for the two unsupervised fits, e.g. "
                     "\"queries_as_candidates=False\" (recorded in their setting)")
+    ap.add_argument("--article-groups", action="store_true",
+                    help="XQuAD-R: pass each fit question's article as query_groups to the supervised fits "
+                         "(their holdout is then whole articles; recorded in the setting)")
     ap.add_argument("--out", default="results/topic_holdout_dev.jsonl")
     args = ap.parse_args()
+    if args.article_groups and not is_xquad(Path(args.data_dir) / args.dataset):
+        ap.error("--article-groups needs an XQuAD-R language (--dataset xquad-r/<lang>): only there are articles known")
     C, cid, qvec, fit_qrels, dev = load_dev_data(args.dataset, Path(args.data_dir))
     dev_q = list(dev)
     Qdev = np.stack([qvec[q] for q in dev_q])
@@ -128,18 +133,21 @@ def main() -> None:
             params = eval(f"dict({arm})")  # a research script's own command line, as in ablation_dev.py
             box.clear()
             t = time.perf_counter()
+            groups = [xquad_article(fit_qrels[q]) for q in fit_q] if args.article_groups else None
             est = MatryoshkaAdaptor(dims=DIMS, progress=False, **{"seed": seed, **params})
-            est.fit(C, Qfit, {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid, query_ids=fit_q)
+            est.fit(C, Qfit, {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid, query_ids=fit_q, query_groups=groups)
             secs = round(time.perf_counter() - t)
             summary = est.fit_summary_.get("supervised")
-            emit(seed, arm or "default", adaptor_scores(est), fit_s=secs, stage2=summary)
+            setting = (arm or "default") + (" | article groups" if groups is not None else "")
+            emit(seed, setting, adaptor_scores(est), fit_s=secs, stage2=summary,
+                 stage1_queries=est.fit_summary_["unsupervised"].get("queries"))
             if "stage2" in box:  # a shrink ran: also score lambda = 1, 0.5 and 0 of this fit
                 net, start, end = box["trainer"].net, box["stage1"], box["stage2"]
                 for lam in (1.0, 0.5, 0.0):
                     net.load_state_dict(training.interpolate_weights(start, end, lam))
                     est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
                     est._numpy = None
-                    emit(seed, f"{arm or 'default'} | lambda={lam}", adaptor_scores(est))
+                    emit(seed, f"{setting} | lambda={lam}", adaptor_scores(est))
 
 
 if __name__ == "__main__":

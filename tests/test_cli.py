@@ -139,6 +139,26 @@ def test_fit_with_a_diverging_learning_rate_warns_and_saves_the_best_weights(tmp
     assert np.isfinite(out).all()
 
 
+def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_training(tmp_path, corpus):
+    np.save(tmp_path / "corpus.npy", corpus)
+    np.save(tmp_path / "queries.npy", corpus[:40] + 0.01)
+    (tmp_path / "qrels.tsv").write_text("".join(f"{i}\t{i}\t1\n" for i in range(40)))
+    (tmp_path / "groups.tsv").write_text("query-id\tgroup\n" + "".join(f"{i}\ttopic-{i // 5}\n" for i in range(40)))
+    common = ("--queries", tmp_path / "queries.npy", "--qrels", tmp_path / "qrels.tsv", "--dims", "4,8", "--steps",
+              "5", "--supervised-steps", "5", "-q", "--device", "cpu", "--params", '{"min_validation_queries": 3}')
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "a", *common, "--query-groups", tmp_path / "groups.tsv")
+    assert r.exit_code == 0, r.output
+    assert "held-out labelled queries: 5 in 1 whole groups of --query-groups." in r.output  # 10 % of 40 is 4
+    (tmp_path / "short.tsv").write_text("".join(f"{i}\tt\n" for i in range(39)))
+    (tmp_path / "three.tsv").write_text("0\ta\tb\n")
+    for bad, message in (("short.tsv", "has no group for 1 of the 40 queries (first: '39')"),
+                         ("three.tsv", "line 1: expected query-id, group")):
+        r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "b", *common, "--query-groups", tmp_path / bad)
+        assert r.exit_code != 0 and message in r.output and not (tmp_path / "b").exists()
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "b", "--query-groups", tmp_path / "groups.tsv")
+    assert r.exit_code != 0 and "--query-groups needs --qrels" in r.output
+
+
 def test_a_supervised_fit_says_what_it_kept_of_its_supervised_stage(tmp_path, corpus):
     np.save(tmp_path / "corpus.npy", corpus)
     np.save(tmp_path / "queries.npy", corpus[:30] + 0.01)

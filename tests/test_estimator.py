@@ -180,6 +180,42 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     assert unlabeled.settings_.queries_as_candidates is False
 
 
+def test_query_groups_make_the_held_out_queries_whole_topics():
+    corpus, doc_topic, queries, query_topic = topic_task()
+    qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
+    ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(160)])
+    params = dict(dims=(4, 8, 32), **{**FAST, "steps": 10, "supervised_steps": 20}, min_validation_queries=10)
+
+    def fit(groups):
+        return MatryoshkaAdaptor(**params).fit(corpus, queries[:160], qrels, **ids, query_groups=groups)
+
+    plain = fit(None)
+    topics = fit([f"topic-{t}" for t in query_topic[:160]])
+    summary = topics.fit_summary_["supervised"]
+    held_topics = summary["held_out_groups"]
+    sizes = np.bincount(query_topic[:160])
+    assert held_topics >= 1 and summary["held_out_queries"] >= 16  # whole topics, at least the usual 10 %
+    assert summary["held_out_queries"] in {int(sizes[list(c)].sum()) for c in
+                                           __import__("itertools").combinations(np.flatnonzero(sizes), held_topics)}
+    assert "held_out_groups" not in plain.fit_summary_["supervised"]
+    # one query per group is the random holdout: the same fit, bit for bit
+    np.testing.assert_array_equal(fit(list(range(160))).transform(corpus, 8), plain.transform(corpus, 8))
+
+
+@pytest.mark.parametrize("groups, qrels, message", [
+    ([0] * 5, True, "query_groups has 5 labels but there are 20 queries"),
+    ([None] * 20, True, "labels must be str or int, got None for query row 0"),
+    ("topic", True, "must be a sequence"),
+    ([0] * 20, False, "query_groups were given without qrels"),
+])
+def test_bad_query_groups_fail_with_one_line(groups, qrels, message):
+    rng = np.random.default_rng(0)
+    corpus, queries = rng.standard_normal((50, 8)), rng.standard_normal((20, 8))
+    labels = {str(i): {str(i): 1} for i in range(20)} if qrels else None
+    with pytest.raises(InputError, match=message):
+        MatryoshkaAdaptor(dims=(4, 8)).fit(corpus, queries, labels, query_groups=groups)
+
+
 @pytest.mark.parametrize("params, reason", [(dict(lr=1e6), "the validation score fell"),
                                             (dict(temperature=1e-40), "the loss became nan")])
 def test_divergence_guard_restores_the_best_weights_and_warns(corpus, params, reason):

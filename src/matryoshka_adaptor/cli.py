@@ -175,6 +175,9 @@ def fit(
     queries: Optional[Path] = typer.Option(None, help="Query embeddings (same formats): unlabeled, or labeled with --qrels."),
     qrels: Optional[Path] = typer.Option(None, help="BEIR qrels TSV (query-id, corpus-id, score): runs the supervised stage."),
     ids: Optional[Path] = typer.Option(None, help="ids.json with corpus_ids and query_ids in row order (else ids from the files, else row numbers)."),
+    query_groups: Optional[Path] = typer.Option(None, help="TSV of query-id, group (a topic, article or source per "
+                                                "query; with --qrels): the labelled queries held out for the "
+                                                "fit's checks are then whole groups."),
     recipe: Optional[str] = typer.Option(None, help="'default' (PCA start + listwise distillation) or 'paper' (the paper's method)."),
     steps: Optional[int] = typer.Option(None, help=f"Maximum unsupervised steps ({_default('steps')})."),
     supervised_steps: Optional[int] = typer.Option(None, help=f"Maximum supervised steps ({_default('supervised_steps')})."),
@@ -207,8 +210,10 @@ def fit(
     from .atomic import staging_folder
     from .errors import TrainingDivergedWarning
     from .estimator import MatryoshkaAdaptor
-    from .formats import read_embeddings, read_qrels
+    from .formats import read_embeddings, read_qrels, read_query_groups
 
+    if query_groups is not None and qrels is None:
+        raise InputError("--query-groups needs --qrels: groups choose which labelled queries the fit holds out.")
     settings = _fit_params(params, params_file, dict(
         dims=_int_list(dims), recipe=recipe, steps=steps, supervised_steps=supervised_steps,
         hidden_dim=hidden_dim, batch_size=batch_size, lr=lr, k=k, max_fit_vectors=max_fit_vectors,
@@ -234,9 +239,18 @@ def fit(
         if qids is not None:  # qrels of other splits may name queries not given: keep the known ones
             known = set(map(str, qids))
             labels = {k_: v for k_, v in labels.items() if k_ in known}
+    groups = None
+    if query_groups is not None:
+        group_of = read_query_groups(query_groups)
+        row_ids = [str(i) for i in (qids if qids is not None else range(len(q)))]
+        missing = [i for i in row_ids if i not in group_of]
+        if missing:
+            raise InputError(f"--query-groups {query_groups} has no group for {len(missing)} of the {len(row_ids)} "
+                             f"queries (first: {missing[0]!r}); give every query id a group.")
+        groups = [group_of[i] for i in row_ids]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TrainingDivergedWarning)
-        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids)
+        est.fit(x, q, labels, corpus_ids=cids, query_ids=qids, query_groups=groups)
     for w in caught:  # one line each, not Python's two-line warning format
         typer.echo(f"warning: {w.message}", err=True)
     with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
@@ -246,6 +260,9 @@ def fit(
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
     if "supervised" in s:
         typer.echo(_supervised_stage_line(s["supervised"], est.settings_))
+        if "held_out_groups" in s["supervised"]:
+            typer.echo(f"held-out labelled queries: {s['supervised']['held_out_queries']} in "
+                       f"{s['supervised']['held_out_groups']} whole groups of --query-groups.")
         if "gamma_choice" in s["supervised"]:
             typer.echo(_gamma_choice_line(s["supervised"]["gamma_choice"]))
 
@@ -381,6 +398,9 @@ def benchmark(
     rescore: str = typer.Option("0", help="With --quantize: shortlist sizes rescored with full float32 vectors (0: none), e.g. 0,50,100,200."),
     quantize_dims: Optional[str] = typer.Option(None, help="With --quantize: prefix dims to evaluate (default: --dims and the full dim)."),
     store: str = typer.Option("numpy", help="With --quantize: run the funnel in memory (numpy) or through LanceDB tables (lancedb)."),
+    query_groups: Optional[str] = typer.Option(None, help="TSV of query-id, group (a topic or article per train query; "
+                                               "'{dataset}' in the path: each dataset folder's name): the supervised "
+                                               "fits hold out whole groups (fit --query-groups)."),
     labels: Optional[str] = typer.Option(None, help="Label-efficiency curve: labelled train-query counts, e.g. 25,50,100,200,all; the methods trained on queries are fitted on a random subset per count and seed (writes label_curve.md and ndcg_vs_labels.png)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -404,7 +424,7 @@ def benchmark(
         cache=str(cache) if cache else None, adaptor_params=_json_object(adaptor_params, "--adaptor-params"),
         quantize=tuple(p.strip() for p in (quantize or "").split(",") if p.strip()),
         rescore=tuple(_int_list(rescore)), quantize_dims=tuple(_int_list(quantize_dims)) if quantize_dims else None,
-        store=store, labels=parse_label_counts(labels) if labels else (),
+        store=store, labels=parse_label_counts(labels) if labels else (), query_groups=query_groups,
     )
     if folders is not None and len(folders) > 1:
         from .eval.multi_dataset import summary_markdown

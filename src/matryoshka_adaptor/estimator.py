@@ -165,6 +165,7 @@ class MatryoshkaAdaptor:
         *,
         corpus_ids: Sequence[str] | None = None,
         query_ids: Sequence[str] | None = None,
+        query_groups: Sequence[str | int] | None = None,
     ) -> MatryoshkaAdaptor:
         """Fit on corpus vectors; with ``queries`` and ``qrels`` also run the supervised stage.
 
@@ -178,6 +179,12 @@ class MatryoshkaAdaptor:
             query id -> {doc id -> relevance grade}; runs the supervised stage.
         corpus_ids, query_ids : sequence of str, optional
             Ids of the rows (default: row numbers).
+        query_groups : sequence of str or int, optional
+            One label per query row (its topic, article or source; needs ``qrels``). The labelled
+            queries the supervised fit holds out for its checks (early stopping, the shrink, the
+            ``"validated"`` choices) are then whole groups, as scikit-learn's ``GroupShuffleSplit``
+            draws them: give it when the queries you will serve are about topics your labels never
+            touch, which a random holdout cannot see (docs/ablations.md). Default: a random holdout.
 
         Returns
         -------
@@ -186,7 +193,7 @@ class MatryoshkaAdaptor:
         from .fitting import check_fit_inputs, fit_adaptor
 
         config = self.resolved_settings()
-        inputs = check_fit_inputs(corpus, queries, qrels, corpus_ids, query_ids, config.dims)
+        inputs = check_fit_inputs(corpus, queries, qrels, corpus_ids, query_ids, config.dims, query_groups)
         result = fit_adaptor(inputs, config)
         self.weights_ = result.weights
         self.input_dim_ = self.n_features_in_ = result.input_dim

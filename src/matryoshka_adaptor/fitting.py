@@ -16,7 +16,7 @@ from .config import AdaptorConfig, default_architecture, default_dims, resolve_t
 from .errors import InputError
 from .neighbors import TrainingNeighbors, mine_training_neighbors
 from .pca import pca_rotation
-from .validation import check_dims, check_embeddings, check_ids, check_qrels, l2_normalize
+from .validation import check_dims, check_embeddings, check_ids, check_qrels, check_query_groups, l2_normalize
 
 # Rows cast to float32 at a time when sampling: a non-float32 (memory-mapped) corpus is never
 # converted whole.
@@ -37,6 +37,8 @@ class FitInputs:
         Per query, its (document id, grade > 0) judgements (supervised fits only).
     dims : tuple of int
         The Matryoshka dims, checked against the input dimension.
+    query_groups : ndarray of shape (q,) int64 or None
+        Per query, its group's code: held-out labelled queries are drawn as whole groups.
     """
 
     corpus: np.ndarray
@@ -44,6 +46,7 @@ class FitInputs:
     corpus_ids: list[str]
     positives: list[list[tuple[str, float]]] | None
     dims: tuple[int, ...]
+    query_groups: np.ndarray | None = None
 
     @property
     def supervised(self) -> bool:
@@ -78,6 +81,7 @@ def check_fit_inputs(
     corpus_ids: Sequence[str] | None,
     query_ids: Sequence[str] | None,
     dims: Sequence[int] | None,
+    query_groups: Sequence[str | int] | None = None,
 ) -> FitInputs:
     """Validate everything ``fit`` was given, before any expensive work."""
     corpus = check_corpus(corpus)
@@ -93,13 +97,18 @@ def check_fit_inputs(
         raise InputError("qrels were given without queries; pass the query vectors as well (queries=...).")
     if n < 2:
         raise InputError("the corpus needs at least 2 vectors to mine neighbours for training.")
+    if query_groups is not None and qrels is None:
+        raise InputError("query_groups were given without qrels; they choose which labelled queries a supervised "
+                         "fit holds out, so pass qrels as well (or drop query_groups).")
     cids = check_ids(corpus_ids, n, name="corpus_ids")
-    positives = None
+    positives = groups = None
     if qrels is not None:
         qids = check_ids(query_ids, len(queries), name="query_ids")
         clean = check_qrels(qrels, qids, cids)
         positives = [[(doc, g) for doc, g in clean.get(q, {}).items() if g > 0] for q in qids]
-    return FitInputs(corpus, queries, cids, positives, dims)
+        if query_groups is not None:
+            groups = check_query_groups(query_groups, len(queries))
+    return FitInputs(corpus, queries, cids, positives, dims, groups)
 
 
 def sample_rows(n: int, max_rows: int, rng: np.random.Generator, keep: np.ndarray | None = None) -> np.ndarray:
@@ -141,7 +150,7 @@ def assemble_training_data(inputs: FitInputs, rows: np.ndarray, queries: np.ndar
         positives = [[(row_of[doc], g) for doc, g in plist] for plist in inputs.positives]
     return TrainingData(nb.corpus, nb.anchors, nb.indices, nb.scores, nb.n_corpus_anchors,
                         queries=queries if positives is not None else None, positives=positives,
-                        hard_negatives=nb.hard_negatives)
+                        hard_negatives=nb.hard_negatives, query_groups=inputs.query_groups)
 
 
 def rotate_rows(x: np.ndarray | None, rotation: np.ndarray, *, chunk_rows: int = SAMPLE_CHUNK_ROWS) -> np.ndarray | None:
@@ -236,9 +245,13 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         summary["supervised"] = {"steps_run": stage2.steps_run, "best_step": stage2.best_step,
                                  "best_val_ndcg@10": stage2.best_score, "shrink": stage2.shrink,
                                  "gamma": trainer.config.gamma,
+                                 "held_out_queries": int(len(trainer.labelled_split()[1])),
                                  "listwise_target": (trainer.stage_two_listwise_target()
                                                      if stage_weights(trainer.config, 2)["listwise"] else None),
                                  "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
+        if inputs.query_groups is not None:
+            summary["supervised"]["held_out_groups"] = int(len(np.unique(
+                inputs.query_groups[trainer.labelled_split()[1]])))
         if stage2.shrink_evidence is not None:
             summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence
         if stage2.gamma_choice is not None:

@@ -347,3 +347,17 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
                                  "expected query-id, corpus-id, score (an integer grade).") from None
             qrels.setdefault(row[0], {})[row[1]] = grade
     return qrels
+
+
+def read_query_groups(path: str | Path) -> dict[str, str]:
+    """A TSV of query-id, group (optional header ``query-id``) as {query id: group label}."""
+    groups: dict[str, str] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for row_no, row in enumerate(csv.reader(f, delimiter="\t")):
+            if not row or (row_no == 0 and row[0] == "query-id"):
+                continue
+            if len(row) != 2 or not row[1]:
+                raise InputError(f"{path} line {row_no + 1}: expected query-id, group (two tab-separated "
+                                 f"columns); got {row}.")
+            groups[row[0]] = row[1]
+    return groups

@@ -159,6 +159,25 @@ def check_ids(ids: Sequence[str] | None, n: int, *, name: str) -> list[str]:
     return ids
 
 
+def check_query_groups(groups, n: int) -> np.ndarray:
+    """Integer codes, one per query row, for ``query_groups`` (str or int labels; equal labels, one group)."""
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__len__"):
+        raise InputError("query_groups must be a sequence with one label (str or int) per query row, "
+                         "e.g. the topic or source document each query is about.")
+    if len(groups) != n:
+        raise InputError(f"query_groups has {len(groups)} labels but there are {n} queries; give one label per query row.")
+    bad = [i for i, g in enumerate(groups) if not isinstance(g, (str, int, np.integer)) or isinstance(g, bool)]
+    if bad:
+        raise InputError(f"query_groups labels must be str or int, got {groups[bad[0]]!r} for query row {bad[0]}; "
+                         "give each query its topic's name or number.")
+    # codes in order of first appearance: the split then depends on which queries share a group, not on the names
+    _, first, inverse = np.unique(np.asarray([str(g) for g in groups], dtype=object), return_index=True,
+                                  return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
 def check_qrels(
     qrels: Mapping[str, Mapping[str, float]],
     query_ids: Sequence[str],

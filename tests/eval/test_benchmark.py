@@ -74,6 +74,33 @@ def test_benchmark_refuses_train_test_overlap(tmp_path):
         run_benchmark(cfg, progress=False)
 
 
+def test_benchmark_query_groups_reach_the_supervised_fit(tmp_path):
+    from matryoshka_adaptor.validation import InputError
+
+    root = make_toy_dataset(tmp_path / "toy")
+    (tmp_path / "own.tsv").write_text("".join(f"q{i}\tg{i}\n" for i in range(60)))
+    (tmp_path / "toy.tsv").write_text("".join(f"q{i}\ttopic{i // 10}\n" for i in range(60)))
+    params = {"steps": 10, "supervised_steps": 20, "eval_every": 10, "device": "cpu", "min_validation_queries": 5}
+
+    def rows(groups):
+        cfg = BenchmarkConfig(dataset=str(root), embeddings=str(root / "embeddings"), dims=(4, 8),
+                              methods=("adaptor-supervised",), adaptor_params=params, query_groups=groups)
+        return [r for r in run_benchmark(cfg, progress=False)["rows"] if r["method"] == "adaptor-supervised"]
+
+    plain = rows(None)
+    own = rows(str(tmp_path / "own.tsv"))  # one query per group: the random holdout, the same fit
+    assert [r["ndcg@10"] for r in own] == [r["ndcg@10"] for r in plain]
+    topics = rows(str(tmp_path / "{dataset}.tsv"))  # {dataset}: the folder's name, toy
+    assert {r["supervised_held_out_groups"] for r in topics} == {1} and "supervised_held_out_groups" not in plain[0]
+    (tmp_path / "toy.tsv").write_text("q0\tg\n")
+    with pytest.raises(InputError, match="has no group for 59 of the 60 train queries"):
+        rows(str(tmp_path / "{dataset}.tsv"))
+    unsupervised = BenchmarkConfig(dataset=str(root), embeddings=str(root / "embeddings"), dims=(4,),
+                                   methods=("pca",), query_groups=str(tmp_path / "own.tsv"))
+    with pytest.raises(InputError, match="add adaptor-supervised to --methods"):
+        run_benchmark(unsupervised, progress=False)
+
+
 def test_scifact_full_dim_reference_is_0_6451(data_dir):
     """all-MiniLM-L6-v2 on SciFact test: nDCG@10 = 0.6451 (MTEB publishes 64.51)."""
     cfg = BenchmarkConfig(dataset=str(data_dir / "scifact"),

@@ -432,6 +432,35 @@ def test_by_default_fewer_than_twenty_held_out_queries_are_not_kept_back():
     assert (held_out(100), held_out(190), held_out(200), held_out(250)) == (0, 0, 20, 25)
 
 
+def _grouped_split(groups, n_labelled=None, **changes):
+    n = len(groups)
+    corpus = np.eye(max(n, 8), 8, dtype=np.float32) + 0.1
+    positives = [[(i, 1.0)] if n_labelled is None or i < n_labelled else [] for i in range(n)]
+    data = data_for(corpus, queries=np.ones((n, 8), np.float32), positives=positives)
+    data.query_groups = np.asarray(groups)
+    return Trainer(AdaptorNet(8, 8), (4, 8), config(**changes), data).labelled_split()
+
+
+def test_query_groups_hold_out_whole_groups_of_about_the_usual_share():
+    groups = np.repeat(np.arange(25), 12)  # 300 queries in 25 topics of 12
+    train_q, val_q = _grouped_split(groups, seed=3)
+    assert len(val_q) == 36  # the 30 a random split holds out, reached by whole groups (3 x 12)
+    assert set(groups[val_q]).isdisjoint(groups[train_q])
+    assert sorted(np.concatenate([train_q, val_q]).tolist()) == list(range(300))
+    other_seed = _grouped_split(groups, seed=4)[1]
+    assert set(groups[other_seed]) != set(groups[val_q])  # the groups held out follow the fit's seed
+
+
+def test_query_groups_keep_one_group_training_and_respect_the_minimum_and_cap():
+    assert len(_grouped_split(np.zeros(300, int))[1]) == 0  # one topic: nothing to hold out
+    two = _grouped_split(np.repeat([0, 1], 150), min_validation_queries=20)
+    assert len(two[1]) == 150 and len(two[0]) == 150  # one of the two held out, one trains
+    assert len(_grouped_split(np.repeat([0, 1], 150), max_validation_queries=100)[1]) == 0  # over the cap
+    # a group of unlabelled queries is never held out: only labelled ones are split
+    train_q, val_q = _grouped_split(np.repeat(np.arange(25), 12), n_labelled=240)
+    assert val_q.max() < 240 and len(np.intersect1d(train_q, np.arange(240, 300))) == 0
+
+
 def test_too_small_a_holdout_is_not_kept_back_and_stage_two_runs_all_steps():
     seen = []
     for min_val in (1, 5):
@@ -459,13 +488,21 @@ def _with_query_anchors(data):
 
 def _recording_trainer(cfg, data, scripted=()):
     """A trainer that records every anchor id a batch draws and, for the first validations, returns
-    the ``scripted`` scores instead of the real held-out nDCG."""
+    the ``scripted`` scores (a number for every held-out query, or one per query) instead of the real
+    held-out nDCG."""
     torch.manual_seed(0)
     t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data)
     drawn, scores = [], list(scripted)
     batch, ndcg = t.unsupervised_batch, t.query_ndcg
     t.unsupervised_batch = lambda ids, w, **kw: drawn.append(ids.numpy().copy()) or batch(ids, w, **kw)
-    t.query_ndcg = lambda q, k=10: scores.pop(0) if scores else ndcg(q, k)
+
+    def scripted_ndcg(q, k=10):
+        if not scores:
+            return ndcg(q, k)
+        t.last_val_by_query = np.broadcast_to(np.asarray(scores.pop(0), dtype=float), (len(q),))
+        return float(t.last_val_by_query.mean())
+
+    t.query_ndcg = scripted_ndcg
     return t, drawn
 
 
@@ -481,7 +518,7 @@ def test_validated_queries_keep_the_better_stage_one_and_never_use_held_out_quer
         t.fit_supervised()
         val_anchor_ids = set((n_corpus + t.labelled_split()[1]).tolist())
         assert first.query_choice["kept"] == kept
-        assert first.query_choice["val_ndcg@10_with_queries"] == scripted[0]
+        assert first.query_choice["val_ndcg@10_with_queries"] == pytest.approx(scripted[0])
         # stage 1 ran twice (with and without query anchors), the second run on corpus rows only
         assert stage_one_draws == 12
         assert all((ids < n_corpus).all() for ids in drawn[6:12])

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .._version import __version__
 from ..embed.sources import SentenceTransformerSource, default_cache_path, load_precomputed, make_source
 from ..errors import InputError
+from ..formats import read_query_groups
 from ..validation import check_dims, l2_normalize
 from .datasets import BeirDataset, resolve_dataset
 from .label_curve import check_label_counts, subset_fit_data
@@ -48,6 +49,9 @@ class BenchmarkConfig:
     # Label-efficiency curve (empty: off): label counts (ints, "all"); the methods that train on
     # queries are fitted per (count, seed) on a seeded random subset of the labelled train queries.
     labels: tuple = ()
+    # TSV of query-id, group for the train queries (``{dataset}``: each dataset folder's name): the
+    # supervised fits then hold out whole groups (MatryoshkaAdaptor.fit's query_groups).
+    query_groups: str | None = None
 
 
 # Methods fitted on training-split queries (and, for the supervised ones, their qrels).
@@ -119,6 +123,27 @@ def _vectors(ds: BeirDataset, cfg: BenchmarkConfig, query_ids: list[str]):
     return corpus, queries
 
 
+def train_query_groups(cfg: BenchmarkConfig, dataset: str | Path, train_ids: list[str]) -> list[str] | None:
+    """The group of every train query from ``cfg.query_groups`` (None when unset); a query without one fails."""
+    if cfg.query_groups is None:
+        return None
+    if not any("supervised" in m for m in cfg.methods):
+        raise InputError("--query-groups shapes the holdout of supervised fits; add adaptor-supervised to --methods "
+                         "or drop --query-groups.")
+    if not train_ids:
+        return None
+    path = Path(cfg.query_groups.replace("{dataset}", Path(dataset).name))
+    if not path.is_file():
+        raise InputError(f"--query-groups {path} is not a file; give a TSV of query-id, group "
+                         "('{dataset}' in the path stands for each dataset folder's name).")
+    group_of = read_query_groups(path)
+    missing = [q for q in train_ids if q not in group_of]
+    if missing:
+        raise InputError(f"--query-groups {path} has no group for {len(missing)} of the {len(train_ids)} train "
+                         f"queries (first: {missing[0]!r}); give every train query a group.")
+    return [group_of[q] for q in train_ids]
+
+
 def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory=None) -> dict:
     """``method_factory(name) -> Method`` replaces ``make_method`` (e.g. methods fitted on another dataset)."""
     make = method_factory or make_method
@@ -130,6 +155,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory
     train_queries = ds.split_queries(cfg.train_split) if needs_train else {}
     if cfg.labels:  # before encoding anything
         check_label_counts(cfg.labels, list(train_queries), ds.qrels[cfg.train_split])
+    groups = train_query_groups(cfg, cfg.dataset, list(train_queries))  # before encoding anything
     overlap = set(train_queries) & set(test_queries)
     if overlap:
         raise InputError(f"{len(overlap)} queries are in both {cfg.train_split} and {cfg.split}; refusing to train on test.")
@@ -140,7 +166,8 @@ def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory
     q_test, q_train = queries[: len(test_queries)], queries[len(test_queries) :]
     test_ids = list(test_queries)
     fit_data = FitData(corpus, ds.corpus_ids, q_train if len(q_train) else None,
-                       list(train_queries) or None, {q: ds.qrels[cfg.train_split][q] for q in train_queries} or None)
+                       list(train_queries) or None, {q: ds.qrels[cfg.train_split][q] for q in train_queries} or None,
+                       groups)
     qrels = {q: ds.qrels[cfg.split][q] for q in test_ids}
 
     if cfg.quantize:

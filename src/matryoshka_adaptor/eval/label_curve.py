@@ -80,8 +80,9 @@ def subset_fit_data(data, n: int | str, seed: int):
     keep = label_subset(data.train_query_ids, data.train_qrels, n, seed)
     pos = {q: i for i, q in enumerate(data.train_query_ids)}
     rows = [pos[q] for q in keep]
+    groups = None if data.train_query_groups is None else [data.train_query_groups[r] for r in rows]
     return FitData(data.corpus, data.corpus_ids, data.train_queries[rows], keep,
-                   {q: data.train_qrels[q] for q in keep})
+                   {q: data.train_qrels[q] for q in keep}, groups)
 
 
 # ------------------------------------------------------------------------------ report

@@ -23,6 +23,7 @@ class FitData:
     train_queries: np.ndarray | None = None
     train_query_ids: list[str] | None = None
     train_qrels: dict[str, dict[str, int]] | None = None
+    train_query_groups: list[str] | None = None  # per train query: the fit's query_groups
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -102,7 +103,7 @@ class Adaptor(Method):
             if data.train_qrels is None or data.train_queries is None:
                 raise InputError(f"method {self.name} needs training queries and qrels (a train split).")
             est.fit(data.corpus, data.train_queries, data.train_qrels, corpus_ids=data.corpus_ids,
-                    query_ids=data.train_query_ids)
+                    query_ids=data.train_query_ids, query_groups=data.train_query_groups)
         elif self.use_queries:
             if data.train_queries is None:
                 raise InputError(f"method {self.name} needs training-split queries.")
@@ -117,7 +118,12 @@ class Adaptor(Method):
 
     def fit_record(self):
         stage2 = self.adaptor_.fit_summary_.get("supervised")
-        return {} if stage2 is None else {"supervised_shrink": stage2["shrink"], "supervised_gamma": stage2["gamma"]}
+        if stage2 is None:
+            return {}
+        record = {"supervised_shrink": stage2["shrink"], "supervised_gamma": stage2["gamma"]}
+        if "held_out_groups" in stage2:
+            record["supervised_held_out_groups"] = stage2["held_out_groups"]
+        return record
 
 
 class FittedOn(Method):

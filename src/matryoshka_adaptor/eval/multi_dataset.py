@@ -85,13 +85,14 @@ def _run_config(cfg: BenchmarkConfig) -> dict:
 def _source_fit_data(path: Path, cfg: BenchmarkConfig) -> FitData:
     """What a method fitted on this dataset sees: its corpus and its train split (when it has one), built as
     :func:`run_benchmark` builds them."""
-    from .benchmark import _vectors
+    from .benchmark import _vectors, train_query_groups
 
     ds = load_beir(path)
     train = ds.split_queries(cfg.train_split) if cfg.train_split in ds.qrels else {}
+    groups = train_query_groups(cfg, path, list(train))
     corpus, queries = _vectors(ds, replace(cfg, dataset=str(path)), list(train))
     return FitData(corpus, ds.corpus_ids, queries if train else None, list(train) or None,
-                   {q: ds.qrels[cfg.train_split][q] for q in train} or None)
+                   {q: ds.qrels[cfg.train_split][q] for q in train} or None, groups)
 
 
 def run_multi_benchmark(datasets: list[str | Path], cfg: BenchmarkConfig, out_dir: str | Path, *,

@@ -65,6 +65,8 @@ class TrainingData:
         Per query, its (corpus row, grade > 0) judgements.
     hard_negatives : ndarray of shape (q, h) or None
         Per query, its top full-dim corpus rows (unjudged ones act as negatives).
+    query_groups : ndarray of shape (q,) or None
+        Per query, its group's code (topic, article, source): the labelled holdout takes whole groups.
     """
 
     corpus: np.ndarray
@@ -75,6 +77,7 @@ class TrainingData:
     queries: np.ndarray | None = None
     positives: list[list[tuple[int, float]]] | None = None
     hard_negatives: np.ndarray | None = None
+    query_groups: np.ndarray | None = None
 
     @property
     def supervised(self) -> bool:
@@ -296,6 +299,28 @@ def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
     if n_val < min_val:  # too few to choose anything by: train on all of them instead
         n_val = 0
     return perm[n_val:], perm[:n_val]
+
+
+def _group_split(groups: np.ndarray, fraction: float, rng: np.random.Generator, cap: int,
+                 min_val: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``_split`` by whole groups: groups in a random order are held out until they hold the share
+    ``_split`` would hold out (the last one may overshoot it); at least one group always trains.
+    Rows come in the random order of their groups, so one group per row is ``_split`` exactly."""
+    n = len(groups)
+    target = min(cap, int(round(n * fraction))) if n >= 20 else 0
+    codes, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(codes))
+    n_held, count = 0, 0
+    for i in order[:-1]:
+        if count >= target or count + sizes[i] > cap:
+            break
+        n_held, count = n_held + 1, count + sizes[i]
+    if count < max(min_val, 1):  # too few to choose anything by: train on all of them instead
+        n_held, count = 0, 0
+    position = np.empty(len(codes), dtype=np.int64)
+    position[order] = np.arange(len(codes))
+    rows = np.argsort(position[np.searchsorted(codes, groups)], kind="stable")
+    return rows[count:], rows[:count]
 
 
 class Trainer:
@@ -591,8 +616,14 @@ class Trainer:
         if self._labelled_split is None:
             cfg, data = self.config, self.data
             labeled = np.flatnonzero([len(p) > 0 for p in data.positives])
-            train_q, val_q = _split(len(labeled), cfg.validation_fraction, self.rng if rng is None else rng,
-                                    cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
+            # With query groups the held-out queries are whole groups, so that the checks made on them
+            # (early stopping, the shrink, the validated choices) see topics stage 2 never trained on.
+            args = (cfg.validation_fraction, self.rng if rng is None else rng)
+            limits = dict(cap=cfg.max_validation_queries, min_val=cfg.min_validation_queries)
+            if data.query_groups is None:
+                train_q, val_q = _split(len(labeled), *args, **limits)
+            else:
+                train_q, val_q = _group_split(data.query_groups[labeled], *args, **limits)
             self._labelled_split = labeled[train_q], labeled[val_q]
         return self._labelled_split
 
