@@ -506,7 +506,7 @@ def _recording_trainer(cfg, data, scripted=()):
     return t, drawn
 
 
-def test_validated_queries_keep_the_better_stage_one_and_never_use_held_out_queries_as_anchors():
+def test_validated_queries_keep_the_clearly_better_stage_one_and_never_use_held_out_queries_as_anchors():
     data = _with_query_anchors(_labelled_problem(60))
     n_corpus = data.n_corpus_anchors
     for scripted, kept in (((0.9, 0.1), "with queries"), ((0.1, 0.9), "corpus only")):
@@ -519,6 +519,7 @@ def test_validated_queries_keep_the_better_stage_one_and_never_use_held_out_quer
         val_anchor_ids = set((n_corpus + t.labelled_split()[1]).tolist())
         assert first.query_choice["kept"] == kept
         assert first.query_choice["val_ndcg@10_with_queries"] == pytest.approx(scripted[0])
+        assert first.query_choice["gain"] == pytest.approx(scripted[0] - scripted[1])
         # stage 1 ran twice (with and without query anchors), the second run on corpus rows only
         assert stage_one_draws == 12
         assert all((ids < n_corpus).all() for ids in drawn[6:12])
@@ -536,6 +537,20 @@ def test_validated_queries_keep_the_better_stage_one_and_never_use_held_out_quer
     t.fit_stage_one()
     assert len(runs) == 2 and any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert all(torch.equal(runs[0][k], v) for k, v in _params(t.net).items())
+
+
+def test_validated_queries_need_a_gain_beyond_noise_to_keep_the_query_anchors():
+    data = _with_query_anchors(_labelled_problem(60))
+    cfg = config(steps=4, validation_fraction=0.2, min_validation_queries=1, batch_size=16, dynamic_negatives=0,
+                 use_queries="validated", seed=0)
+    noisy = np.tile([0.9, 0.2], 6)  # 12 held-out queries: mean 0.55, a spread of 0.35
+    for without, kept in ((0.5, "corpus only"), (0.3, "with queries")):
+        # +0.05 is 1.4 standard errors (0.035): within noise; +0.25 is 7 of them
+        t, _ = _recording_trainer(cfg, data, (noisy, without))
+        choice = t.fit_stage_one().query_choice
+        assert choice["held_out_queries"] == 12 and choice["kept"] == kept
+        assert choice["standard_error"] == pytest.approx(0.35 * np.sqrt(12 / 11) / np.sqrt(12))
+        assert t._corpus_anchors_only == (kept == "corpus only")
 
 
 def test_validated_queries_without_a_holdout_is_the_plain_fit():
