@@ -545,7 +545,7 @@ def test_validated_queries_need_a_gain_beyond_noise_to_keep_the_query_anchors():
                  use_queries="validated", seed=0)
     noisy = np.tile([0.9, 0.2], 6)  # 12 held-out queries: mean 0.55, a spread of 0.35
     for without, kept in ((0.5, "corpus only"), (0.3, "with queries")):
-        # +0.05 is 1.4 standard errors (0.035): within noise; +0.25 is 7 of them
+        # the standard error is 0.105: +0.05 is 0.5 of them (within noise), +0.25 is 2.4
         t, _ = _recording_trainer(cfg, data, (noisy, without))
         choice = t.fit_stage_one().query_choice
         assert choice["held_out_queries"] == 12 and choice["kept"] == kept
