@@ -145,10 +145,13 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
     (tmp_path / "qrels.tsv").write_text("".join(f"{i}\t{i}\t1\n" for i in range(40)))
     (tmp_path / "groups.tsv").write_text("query-id\tgroup\n" + "".join(f"{i}\ttopic-{i // 5}\n" for i in range(40)))
     common = ("--queries", tmp_path / "queries.npy", "--qrels", tmp_path / "qrels.tsv", "--dims", "4,8", "--steps",
-              "5", "--supervised-steps", "5", "-q", "--device", "cpu", "--params", '{"min_validation_queries": 3}')
+              "5", "--supervised-steps", "5", "-q", "--device", "cpu", "--params",
+              '{"min_validation_queries": 3, "use_queries": "validated"}')
     r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "a", *common, "--query-groups", tmp_path / "groups.tsv")
     assert r.exit_code == 0, r.output
-    assert "held-out labelled queries: 5 in 1 whole groups of --query-groups." in r.output  # 10 % of 40 is 4
+    assert "held-out labelled queries: 5 in 1 whole group of --query-groups." in r.output  # 10 % of 40 is 4
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("stage 1 kept the "))
+    assert "over the corpus-only start on 5 held-out labelled queries" in line and "standard error" in line
     (tmp_path / "short.tsv").write_text("".join(f"{i}\tt\n" for i in range(39)))
     (tmp_path / "three.tsv").write_text("0\ta\tb\n")
     for bad, message in (("short.tsv", "has no group for 1 of the 40 queries (first: '39')"),

@@ -258,13 +258,25 @@ def fit(
         persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
     s = est.fit_summary_
     typer.echo(f"saved adaptor to {out} (dims {list(est.dims_)}, {s['total_seconds']:.1f} s on {s['device']})")
+    if "queries" in s["unsupervised"]:
+        typer.echo(_query_choice_line(s["unsupervised"]["queries"]))
     if "supervised" in s:
         typer.echo(_supervised_stage_line(s["supervised"], est.settings_))
         if "held_out_groups" in s["supervised"]:
-            typer.echo(f"held-out labelled queries: {s['supervised']['held_out_queries']} in "
-                       f"{s['supervised']['held_out_groups']} whole groups of --query-groups.")
+            n_groups = s["supervised"]["held_out_groups"]
+            typer.echo(f"held-out labelled queries: {s['supervised']['held_out_queries']} in {n_groups} whole "
+                       f"group{'' if n_groups == 1 else 's'} of --query-groups.")
         if "gamma_choice" in s["supervised"]:
             typer.echo(_gamma_choice_line(s["supervised"]["gamma_choice"]))
+
+
+def _query_choice_line(choice: dict) -> str:
+    """One line on what ``use_queries="validated"`` kept in stage 1, and on what evidence."""
+    measured = (f"gain of the query anchors over the corpus-only start on {choice['held_out_queries']} held-out "
+                f"labelled queries {choice['gain']:+.4f} nDCG@10 (standard error {choice['standard_error']:.4f})")
+    if choice["kept"] == "with queries":
+        return f"stage 1 kept the query anchors: {measured}."
+    return f"stage 1 kept the corpus-only start: {measured}, not beyond noise."
 
 
 def _gamma_choice_line(choice: dict) -> str:
