@@ -92,6 +92,10 @@ def test_benchmark_query_groups_reach_the_supervised_fit(tmp_path):
     assert [r["ndcg@10"] for r in own] == [r["ndcg@10"] for r in plain]
     topics = rows(str(tmp_path / "{dataset}.tsv"))  # {dataset}: the folder's name, toy
     assert {r["supervised_held_out_groups"] for r in topics} == {1} and "supervised_held_out_groups" not in plain[0]
+    assert all(isinstance(r["supervised_best_step"], int) for r in topics) and "stage1_kept" not in topics[0]
+    params["use_queries"] = "validated"
+    assert {r["stage1_kept"] for r in rows(str(tmp_path / "{dataset}.tsv"))} <= {"with queries", "corpus only"}
+    del params["use_queries"]
     (tmp_path / "toy.tsv").write_text("q0\tg\n")
     with pytest.raises(InputError, match="has no group for 59 of the 60 train queries"):
         rows(str(tmp_path / "{dataset}.tsv"))

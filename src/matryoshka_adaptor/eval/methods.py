@@ -120,9 +120,13 @@ class Adaptor(Method):
         stage2 = self.adaptor_.fit_summary_.get("supervised")
         if stage2 is None:
             return {}
-        record = {"supervised_shrink": stage2["shrink"], "supervised_gamma": stage2["gamma"]}
+        record = {"supervised_shrink": stage2["shrink"], "supervised_gamma": stage2["gamma"],
+                  "supervised_best_step": stage2["best_step"]}
         if "held_out_groups" in stage2:
             record["supervised_held_out_groups"] = stage2["held_out_groups"]
+        choice = self.adaptor_.fit_summary_["unsupervised"].get("queries")
+        if choice is not None:  # use_queries="validated": what stage 1 kept
+            record["stage1_kept"] = choice["kept"]
         return record
 
 
