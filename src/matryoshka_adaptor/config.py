@@ -238,8 +238,9 @@ class AdaptorConfig:
     use_queries: bool | str = param(
         True, AnyOf((Boolean(), Options(("validated",)))),
         "Let the unsupervised losses also see query vectors (no labels). 'validated' (supervised fits): run "
-        "stage 1 with and without them and keep them only when the held-out labelled queries show them better "
-        "beyond noise (1.645 standard errors; fits without held-out queries use them).")
+        "stage 1 with and without them (without: at the temperature of a fit without labels) and keep them only "
+        "when the held-out labelled queries show them better beyond noise (1.645 standard errors; fits without "
+        "held-out queries use them).")
     # Supervised stage (stage 2)
     gamma: float | str = param(
         1.0, AnyOf((Interval(float, 0), Options(("validated",)))),

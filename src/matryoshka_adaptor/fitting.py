@@ -193,6 +193,9 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     queries = l2_normalize(inputs.queries, name="queries") if inputs.queries is not None else None
     rotation = pca_rotation(sample, rng) if config.init == "pca" else None
     # resolved on the sample before any rotation (the Trainer would resolve it on its training rows)
+    # use_queries="validated" also runs stage 1 without query anchors: at the temperature of a fit without labels
+    corpus_only_temperature = (resolve_temperature(config.temperature, sample, config.seed, False)
+                               if inputs.supervised and config.use_queries == "validated" else None)
     config = config.replace(temperature=resolve_temperature(config.temperature, sample, config.seed,
                                                             inputs.supervised))
 
@@ -230,7 +233,7 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
     net = AdaptorNet(d, hidden, config.depth, None if rotation is None else torch.from_numpy(rotation),
                      learn_rotation=config.learn_rotation, rotation_dims=rotation_dims,
                      residual_dims=residual_dims, prerotated=fixed_start)
-    trainer = Trainer(net, inputs.dims, config, data, device=device)
+    trainer = Trainer(net, inputs.dims, config, data, device=device, corpus_only_temperature=corpus_only_temperature)
     stage1 = trainer.fit_stage_one()
     history = {"unsupervised": stage1.history}
     summary = {"unsupervised": {"steps_run": stage1.steps_run, "val_neighbor_recall_start": stage1.initial_score,

@@ -553,6 +553,22 @@ def test_validated_queries_need_a_gain_beyond_noise_to_keep_the_query_anchors():
         assert t._corpus_anchors_only == (kept == "corpus only")
 
 
+def test_validated_queries_run_the_corpus_only_start_at_the_temperature_of_a_fit_without_labels():
+    data = _with_query_anchors(_labelled_problem(60))
+    cfg = config(steps=3, supervised_steps=3, validation_fraction=0.2, min_validation_queries=1, batch_size=16,
+                 dynamic_negatives=0, use_queries="validated", temperature=0.05, seed=0)
+    torch.manual_seed(0)
+    t = Trainer(AdaptorNet(8, 8), (2, 8), cfg, data, corpus_only_temperature=0.02)
+    seen, batch = [], t.unsupervised_batch
+    t.unsupervised_batch = lambda ids, w, stage=1, **kw: seen.append((stage, t.stage_temperature(stage))) or batch(
+        ids, w, stage=stage, **kw)
+    t.fit_stage_one()
+    t.fit_supervised()
+    # 3 steps with query anchors, 3 corpus-only steps, then stage 2 (its unsupervised terms at stage 2)
+    assert seen[:6] == [(1, 0.05)] * 3 + [(1, 0.02)] * 3
+    assert {temp for _, temp in seen[6:]} == {0.05} and t.stage_temperature(1) == 0.05
+
+
 def test_validated_queries_without_a_holdout_is_the_plain_fit():
     data = _with_query_anchors(_labelled_problem(12))
     runs = []

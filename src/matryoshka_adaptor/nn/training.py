@@ -356,8 +356,11 @@ class Trainer:
     """
 
     def __init__(self, net: AdaptorNet, dims: tuple[int, ...], config: AdaptorConfig, data: TrainingData,
-                 *, device: str = "cpu"):
+                 *, device: str = "cpu", corpus_only_temperature: float | None = None):
         self.net = net.to(device)
+        # use_queries="validated": the corpus-only stage-1 run's temperature, that of a fit without labels
+        self.corpus_only_temperature = corpus_only_temperature
+        self._in_corpus_only_run = False
         self.dims = tuple(dims)
         # "auto" settings resolved for this fit, so the config says what runs
         self.config = config.replace(queries_as_candidates=resolve_queries_as_candidates(
@@ -638,6 +641,8 @@ class Trainer:
         """The listwise temperature of ``stage`` (a number: "auto" is resolved in ``__init__``)."""
         if stage == 2 and self.config.supervised_temperature is not None:
             return self.config.supervised_temperature
+        if stage == 1 and self._in_corpus_only_run and self.corpus_only_temperature is not None:
+            return self.corpus_only_temperature
         return self.config.temperature
 
     def stage_two_listwise_target(self) -> str:
@@ -671,10 +676,11 @@ class Trainer:
         The two starts are scored on the held-out labelled queries (nDCG@10, mean over the dims, per
         query) and the query anchors are kept only when their paired gain over the corpus-only start
         exceeds ``EVIDENCE_Z`` standard errors, the rule of the shrink: the corpus-only start is the
-        one that assumes nothing about the queries to come. Query anchors lift MiniLM on SciFact by
-        ~0.09 at 16 dims and cost multilingual-e5 on unseen XQuAD-R articles as much
-        (docs/ablations.md); held-out queries (whole groups, with ``query_groups``) are the only
-        evidence a fit has of which case it is in.
+        one that assumes nothing about the queries to come, and it runs at the temperature of a fit
+        without labels (``corpus_only_temperature``), as the corpus-only adaptor does. Query anchors
+        lift MiniLM on SciFact by ~0.09 at 16 dims and cost multilingual-e5 on unseen XQuAD-R
+        articles as much (docs/ablations.md); held-out queries (whole groups, with ``query_groups``)
+        are the only evidence a fit has of which case it is in.
         """
         data = self.data
         has_query_anchors = len(data.anchors) > data.n_corpus_anchors
@@ -688,7 +694,11 @@ class Trainer:
         score_with, weights_with = self.query_ndcg(val_q), copy.deepcopy(self.net.state_dict())
         per_query_with = self.last_val_by_query
         self.net.load_state_dict(start)
-        corpus_only = self.fit_unsupervised(corpus_only=True)
+        self._in_corpus_only_run = True  # the start a fit without labels would make, at its temperature
+        try:
+            corpus_only = self.fit_unsupervised(corpus_only=True)
+        finally:
+            self._in_corpus_only_run = False
         score_without = self.query_ndcg(val_q)
         evidence = paired_evidence(per_query_with - self.last_val_by_query, self.EVIDENCE_Z)
         keep_queries = evidence.pop("beyond_noise")
