@@ -562,7 +562,7 @@ def test_validated_queries_run_the_corpus_only_start_at_the_temperature_of_a_fit
     seen, batch = [], t.unsupervised_batch
     t.unsupervised_batch = lambda ids, w, stage=1, **kw: seen.append((stage, t.stage_temperature(stage))) or batch(
         ids, w, stage=stage, **kw)
-    t.fit_stage_one()
+    assert t.fit_stage_one().query_choice["corpus_only_temperature"] == 0.02  # recorded with the choice
     t.fit_supervised()
     # 3 steps with query anchors, 3 corpus-only steps, then stage 2 (its unsupervised terms at stage 2)
     assert seen[:6] == [(1, 0.05)] * 3 + [(1, 0.02)] * 3

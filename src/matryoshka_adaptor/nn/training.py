@@ -707,7 +707,9 @@ class Trainer:
             self.net.load_state_dict(weights_with)
         self._corpus_anchors_only = not keep_queries
         state.query_choice = {"val_ndcg@10_with_queries": score_with, "val_ndcg@10_corpus_only": score_without,
-                              **evidence, "kept": "with queries" if keep_queries else "corpus only"}
+                              **evidence, "kept": "with queries" if keep_queries else "corpus only",
+                              "corpus_only_temperature": (self.config.temperature if self.corpus_only_temperature
+                                                          is None else self.corpus_only_temperature)}
         return state
 
     def fit_unsupervised(self, *, corpus_only: bool = False) -> TrainState:
