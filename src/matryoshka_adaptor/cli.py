@@ -241,13 +241,7 @@ def fit(
             labels = {k_: v for k_, v in labels.items() if k_ in known}
     groups = None
     if query_groups is not None:
-        group_of = read_query_groups(query_groups)
-        row_ids = [str(i) for i in (qids if qids is not None else range(len(q)))]
-        missing = [i for i in row_ids if i not in group_of]
-        if missing:
-            raise InputError(f"--query-groups {query_groups} has no group for {len(missing)} of the {len(row_ids)} "
-                             f"queries (first: {missing[0]!r}); give every query id a group.")
-        groups = [group_of[i] for i in row_ids]
+        groups = read_query_groups(query_groups, [str(i) for i in (qids if qids is not None else range(len(q)))])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TrainingDivergedWarning)
         est.fit(x, q, labels, corpus_ids=cids, query_ids=qids, query_groups=groups)

@@ -349,8 +349,9 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def read_query_groups(path: str | Path) -> dict[str, str]:
-    """A TSV of query-id, group (optional header ``query-id``) as {query id: group label}."""
+def read_query_groups(path: str | Path, query_ids: list[str], *, what: str = "queries") -> list[str]:
+    """The group of each of ``query_ids`` from a TSV of query-id, group (optional header ``query-id``);
+    an id without a group fails (``what`` names the ids in the message)."""
     groups: dict[str, str] = {}
     with open(path, encoding="utf-8", newline="") as f:
         for row_no, row in enumerate(csv.reader(f, delimiter="\t")):
@@ -360,4 +361,8 @@ def read_query_groups(path: str | Path) -> dict[str, str]:
                 raise InputError(f"{path} line {row_no + 1}: expected query-id, group (two tab-separated "
                                  f"columns); got {row}.")
             groups[row[0]] = row[1]
-    return groups
+    missing = [q for q in query_ids if q not in groups]
+    if missing:
+        raise InputError(f"{path} has no group for {len(missing)} of the {len(query_ids)} {what} (first: "
+                         f"{missing[0]!r}); give each of them a group.")
+    return [groups[q] for q in query_ids]

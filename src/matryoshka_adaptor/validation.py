@@ -171,11 +171,8 @@ def check_query_groups(groups, n: int) -> np.ndarray:
         raise InputError(f"query_groups labels must be str or int, got {groups[bad[0]]!r} for query row {bad[0]}; "
                          "give each query its topic's name or number.")
     # codes in order of first appearance: the split then depends on which queries share a group, not on the names
-    _, first, inverse = np.unique(np.asarray([str(g) for g in groups], dtype=object), return_index=True,
-                                  return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    return rank[inverse.reshape(-1)]
+    code: dict[str, int] = {}
+    return np.array([code.setdefault(str(g), len(code)) for g in groups], dtype=np.int64)
 
 
 def check_qrels(

@@ -136,12 +136,7 @@ def train_query_groups(cfg: BenchmarkConfig, dataset: str | Path, train_ids: lis
     if not path.is_file():
         raise InputError(f"--query-groups {path} is not a file; give a TSV of query-id, group "
                          "('{dataset}' in the path stands for each dataset folder's name).")
-    group_of = read_query_groups(path)
-    missing = [q for q in train_ids if q not in group_of]
-    if missing:
-        raise InputError(f"--query-groups {path} has no group for {len(missing)} of the {len(train_ids)} train "
-                         f"queries (first: {missing[0]!r}); give every train query a group.")
-    return [group_of[q] for q in train_ids]
+    return read_query_groups(path, train_ids, what="train queries")
 
 
 def run_benchmark(cfg: BenchmarkConfig, *, progress: bool = True, method_factory=None) -> dict:

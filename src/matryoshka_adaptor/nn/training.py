@@ -317,13 +317,13 @@ def _group_split(groups: np.ndarray, fraction: float, rng: np.random.Generator, 
     target = min(cap, int(round(n * fraction))) if n >= 20 else 0
     codes, sizes = np.unique(groups, return_counts=True)
     order = rng.permutation(len(codes))
-    n_held, count = 0, 0
+    count = 0
     for i in order[:-1]:
         if count >= target or count + sizes[i] > cap:
             break
-        n_held, count = n_held + 1, count + sizes[i]
+        count += sizes[i]
     if count < max(min_val, 1):  # too few to choose anything by: train on all of them instead
-        n_held, count = 0, 0
+        count = 0
     position = np.empty(len(codes), dtype=np.int64)
     position[order] = np.arange(len(codes))
     rows = np.argsort(position[np.searchsorted(codes, groups)], kind="stable")
@@ -360,7 +360,6 @@ class Trainer:
         self.net = net.to(device)
         # use_queries="validated": the corpus-only stage-1 run's temperature, that of a fit without labels
         self.corpus_only_temperature = corpus_only_temperature
-        self._in_corpus_only_run = False
         self.dims = tuple(dims)
         # "auto" settings resolved for this fit, so the config says what runs
         self.config = config.replace(queries_as_candidates=resolve_queries_as_candidates(
@@ -641,8 +640,6 @@ class Trainer:
         """The listwise temperature of ``stage`` (a number: "auto" is resolved in ``__init__``)."""
         if stage == 2 and self.config.supervised_temperature is not None:
             return self.config.supervised_temperature
-        if stage == 1 and self._in_corpus_only_run and self.corpus_only_temperature is not None:
-            return self.corpus_only_temperature
         return self.config.temperature
 
     def stage_two_listwise_target(self) -> str:
@@ -694,11 +691,14 @@ class Trainer:
         score_with, weights_with = self.query_ndcg(val_q), copy.deepcopy(self.net.state_dict())
         per_query_with = self.last_val_by_query
         self.net.load_state_dict(start)
-        self._in_corpus_only_run = True  # the start a fit without labels would make, at its temperature
+        base = self.config  # the start a fit without labels would make, at its temperature
+        if self.corpus_only_temperature is not None:
+            self.config = base.replace(temperature=self.corpus_only_temperature)
         try:
             corpus_only = self.fit_unsupervised(corpus_only=True)
+            corpus_only_temperature = self.config.temperature
         finally:
-            self._in_corpus_only_run = False
+            self.config = base
         score_without = self.query_ndcg(val_q)
         evidence = paired_evidence(per_query_with - self.last_val_by_query, self.EVIDENCE_Z)
         keep_queries = evidence.pop("beyond_noise")
@@ -708,8 +708,7 @@ class Trainer:
         self._corpus_anchors_only = not keep_queries
         state.query_choice = {"val_ndcg@10_with_queries": score_with, "val_ndcg@10_corpus_only": score_without,
                               **evidence, "kept": "with queries" if keep_queries else "corpus only",
-                              "corpus_only_temperature": (self.config.temperature if self.corpus_only_temperature
-                                                          is None else self.corpus_only_temperature)}
+                              "corpus_only_temperature": corpus_only_temperature}
         return state
 
     def fit_unsupervised(self, *, corpus_only: bool = False) -> TrainState:
