@@ -152,6 +152,13 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
     assert "held-out labelled queries: 5 in 1 whole group of --query-groups." in r.output  # 10 % of 40 is 4
     line = next(ln for ln in r.output.splitlines() if ln.startswith("stage 1 kept the "))
     assert "over the corpus-only start on 5 held-out labelled queries" in line and "standard error" in line
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "f", *common[:-1],
+               '{"min_validation_queries": 3, "supervised_fallback": "corpus-only"}')
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("saved the "))
+    assert "over the corpus-only adaptor on 4 held-out labelled queries" in line and "standard error" in line
+    kept = json.loads(invoke("info", tmp_path / "f").output)["fit_summary"]["supervised"]["fallback"]["kept"]
+    assert line.startswith("saved the corpus-only adaptor instead" if kept == "corpus-only" else "saved the supervised")
     (tmp_path / "short.tsv").write_text("".join(f"{i}\tt\n" for i in range(39)))
     (tmp_path / "three.tsv").write_text("0\ta\tb\n")
     for bad, message in (("short.tsv", "has no group for 1 of the 40 queries (first: '39')"),

@@ -180,6 +180,43 @@ def test_supervised_fit_runs_two_stages_and_labels_help():
     assert unlabeled.settings_.queries_as_candidates is False
 
 
+def test_supervised_fallback_keeps_the_supervised_fit_only_on_evidence_else_the_corpus_only_fit_exactly(tmp_path):
+    corpus, doc_topic, queries, query_topic = topic_task()
+    qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
+    ids = dict(corpus_ids=[f"d{i}" for i in range(300)], query_ids=[f"q{i}" for i in range(160)])
+    params = dict(dims=(4, 8, 32), **{**FAST, "steps": 20, "supervised_steps": 100}, min_validation_queries=10)
+    # Labels that teach the topics: the supervised fit is kept (all coordinates, hidden width d).
+    kept = MatryoshkaAdaptor(**params, supervised_fallback="corpus-only").fit(corpus, queries[:160], qrels, **ids)
+    choice = kept.fit_summary_["supervised"]["fallback"]
+    assert choice["kept"] == "supervised" and choice["held_out_queries"] == 16
+    assert choice["gain"] > Trainer.EVIDENCE_Z * choice["standard_error"] > 0
+    assert choice["gain"] == pytest.approx(choice["val_ndcg@10_supervised"] - choice["val_ndcg@10_corpus_only"])
+    assert kept.hidden_dim_ == 32 and kept.fit_summary_["supervised"]["best_step"] > 0
+    # Labels that name each query's own noisy copy, which the full-dim vectors already find: no gain
+    # beyond noise, so the fit returns what a fit of the corpus alone makes, bit for bit.
+    rng = np.random.default_rng(0)
+    docs = unit(rng.standard_normal((300, 32))).astype(np.float32)
+    near = unit(docs[:200] + 0.05 * rng.standard_normal((200, 32))).astype(np.float32)
+    copies = {str(i): {str(i): 1} for i in range(200)}
+    fallback = MatryoshkaAdaptor(**params, supervised_fallback="corpus-only").fit(docs, near, copies)
+    corpus_only = MatryoshkaAdaptor(**params).fit(docs)
+    choice = fallback.fit_summary_["supervised"]["fallback"]
+    assert choice["kept"] == "corpus-only" and choice["held_out_queries"] == 20
+    assert not choice["gain"] > Trainer.EVIDENCE_Z * choice["standard_error"]
+    assert fallback.weights_.keys() == corpus_only.weights_.keys()
+    assert all(np.array_equal(fallback.weights_[k], corpus_only.weights_[k]) for k in corpus_only.weights_)
+    assert fallback.hidden_dim_ == corpus_only.hidden_dim_ == 16  # the corpus-only architecture (half block)
+    assert fallback.supervised_ and fallback.settings_.supervised_fallback == "corpus-only"
+    assert fallback.fit_summary_["supervised"]["steps_run"] > 0  # the record of the fit it replaced
+    loaded = MatryoshkaAdaptor.load(fallback.save(tmp_path / "a"))
+    np.testing.assert_array_equal(loaded.transform(docs, 8), corpus_only.transform(docs, 8))
+    # Too few labels to hold any out: nothing to compare by, so the supervised fit stays.
+    few = {k: copies[k] for k in list(copies)[:15]}
+    small = MatryoshkaAdaptor(**params, supervised_fallback="corpus-only").fit(docs, near[:15], few)
+    assert small.fit_summary_["supervised"]["fallback"] == {"kept": "supervised", "held_out_queries": 0}
+    assert small.hidden_dim_ == 32
+
+
 def test_query_groups_make_the_held_out_queries_whole_topics():
     corpus, doc_topic, queries, query_topic = topic_task()
     qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}

@@ -262,6 +262,8 @@ def fit(
                        f"group{'' if n_groups == 1 else 's'} of --query-groups.")
         if "gamma_choice" in s["supervised"]:
             typer.echo(_gamma_choice_line(s["supervised"]["gamma_choice"]))
+        if "fallback" in s["supervised"]:
+            typer.echo(_fallback_line(s["supervised"]["fallback"]))
 
 
 def _query_choice_line(choice: dict) -> str:
@@ -271,6 +273,17 @@ def _query_choice_line(choice: dict) -> str:
     if choice["kept"] == "with queries":
         return f"stage 1 kept the query anchors: {measured}."
     return f"stage 1 kept the corpus-only start: {measured}, not beyond noise."
+
+
+def _fallback_line(choice: dict) -> str:
+    """One line on which adaptor ``supervised_fallback="corpus-only"`` saved, and on what evidence."""
+    if not choice["held_out_queries"]:
+        return "saved the supervised adaptor: no labelled queries held out to compare it with the corpus-only one."
+    measured = (f"gain over the corpus-only adaptor on {choice['held_out_queries']} held-out labelled queries "
+                f"{choice['gain']:+.4f} nDCG@10 (standard error {choice['standard_error']:.4f})")
+    if choice["kept"] == "supervised":
+        return f"saved the supervised adaptor: {measured}."
+    return f"saved the corpus-only adaptor instead of the supervised one: {measured}, not beyond noise."
 
 
 def _gamma_choice_line(choice: dict) -> str:

@@ -175,6 +175,7 @@ NEIGHBORS_FROM = ("sample", "corpus")
 INITS = ("pca", "identity")
 LISTWISE_TARGETS = ("auto", "original", "adapted")
 RANK_DIM_WEIGHTS = ("uniform", "inv_sqrt")
+SUPERVISED_FALLBACKS = ("none", "corpus-only")
 RECIPE_NAMES = ("default", "paper")
 
 
@@ -284,6 +285,13 @@ class AdaptorConfig:
         "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 1 only when "
         "the held-out labelled queries show it better than 0.5 by more than 1.645 standard errors of their paired "
         "gain, else 0.5, and 0.5 when too few queries are labelled to hold any out; see min_validation_queries).")
+    supervised_fallback: str = param(
+        "none", Options(SUPERVISED_FALLBACKS),
+        "'corpus-only': a supervised fit that holds labelled queries out also makes the corpus-only adaptor "
+        "(exactly what a fit of the corpus alone with the same seed makes) and returns that one unless the "
+        "held-out queries show the supervised adaptor better beyond noise (paired nDCG@10 gain, mean over "
+        "the dims, > 1.645 standard errors); fits without held-out queries keep the supervised one. "
+        "'none': always the supervised one.")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")

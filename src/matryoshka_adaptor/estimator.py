@@ -260,15 +260,10 @@ class MatryoshkaAdaptor:
 
     def to_torch(self):
         """The fitted adaptor as an ``AdaptorNet`` (torch module) on the CPU, in eval mode."""
-        import torch
-
         from .nn.module import AdaptorNet
 
         self._check_fitted()
-        rot = self.weights_.get(weight_names.ROTATION)
-        net = AdaptorNet(self.input_dim_, self.hidden_dim_, self.depth_, None if rot is None else torch.from_numpy(rot))
-        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights_.items()})
-        return net.eval()
+        return AdaptorNet.from_weights({k: np.asarray(v) for k, v in self.weights_.items()}).eval()
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -172,7 +172,53 @@ def resolve_device(device: str) -> str:
 
 
 def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
-    """Run the whole fit on checked inputs: sample -> PCA start -> neighbours -> train."""
+    """Run the whole fit on checked inputs: sample -> PCA start -> neighbours -> train (-> fallback)."""
+    started = time.perf_counter()
+    result, trainer = train_adaptor(inputs, config)
+    if inputs.supervised and config.supervised_fallback == "corpus-only":
+        result = fall_back_to_corpus_only(inputs, config, result, trainer)
+        result.summary["total_seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervised: FitResult, trainer) -> FitResult:
+    """``supervised_fallback="corpus-only"``: the supervised result, or the corpus-only adaptor.
+
+    The corpus-only adaptor is the fit of ``inputs.corpus`` alone with ``config`` (what a user without
+    labels or queries gets, bit for bit). Both are scored on the supervised fit's held-out labelled
+    queries (nDCG@10 per query, mean over the dims, the rows stage 2 ranks), and the supervised one is
+    kept only when its paired gain exceeds ``Trainer.EVIDENCE_Z`` standard errors, the rule of the
+    shrink. Those queries also chose stage 2's stopping step, so its score is if anything optimistic:
+    the rule asks for a clear margin. Without held-out queries there is no evidence either way, and
+    the supervised result stays, as without the option.
+    """
+    from .nn.training import paired_evidence
+
+    val_q = trainer.labelled_split()[1]
+    if not len(val_q):
+        supervised.summary["supervised"]["fallback"] = {"kept": "supervised", "held_out_queries": 0}
+        return supervised
+    corpus_only, _ = train_adaptor(dataclasses.replace(inputs, queries=None, positives=None, query_groups=None),
+                                   config)
+    score_supervised = trainer.query_ndcg(val_q)
+    per_query = trainer.last_val_by_query
+    score_corpus_only = trainer.query_ndcg_of_weights(corpus_only.weights, val_q)
+    evidence = paired_evidence(per_query - trainer.last_val_by_query, trainer.EVIDENCE_Z)
+    keep = evidence.pop("beyond_noise")
+    choice = {"val_ndcg@10_supervised": score_supervised, "val_ndcg@10_corpus_only": score_corpus_only,
+              **evidence, "kept": "supervised" if keep else "corpus-only"}
+    if keep:
+        supervised.summary["supervised"]["fallback"] = choice
+        return supervised
+    # The weights, architecture and settings are the corpus-only fit's; the summary keeps the record
+    # of the supervised fit it replaced.
+    summary = {**corpus_only.summary, "supervised": {**supervised.summary["supervised"], "fallback": choice}}
+    history = {**corpus_only.history, "supervised": supervised.history.get("supervised", [])}
+    return dataclasses.replace(corpus_only, history=history, summary=summary)
+
+
+def train_adaptor(inputs: FitInputs, config: AdaptorConfig):
+    """The fit itself: (``FitResult``, the ``Trainer`` that made it, for checks on its held-out queries)."""
     import torch
 
     from .nn.module import AdaptorNet
@@ -275,4 +321,4 @@ def fit_adaptor(inputs: FitInputs, config: AdaptorConfig) -> FitResult:
         "device": device,
     })
     # the trainer's config: its "auto" settings resolved for this fit, as the recorded settings should be
-    return FitResult(weights, d, inputs.dims, hidden, trainer.config, history, summary)
+    return FitResult(weights, d, inputs.dims, hidden, trainer.config, history, summary), trainer

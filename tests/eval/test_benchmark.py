@@ -95,6 +95,9 @@ def test_benchmark_query_groups_reach_the_supervised_fit(tmp_path):
     assert all(isinstance(r["supervised_best_step"], int) for r in topics) and "stage1_kept" not in topics[0]
     params["use_queries"] = "validated"
     assert {r["stage1_kept"] for r in rows(str(tmp_path / "{dataset}.tsv"))} <= {"with queries", "corpus only"}
+    assert "supervised_fallback_kept" not in topics[0]
+    params.update(use_queries=True, supervised_fallback="corpus-only")
+    assert {r["supervised_fallback_kept"] for r in rows(None)} <= {"supervised", "corpus-only"}
     del params["use_queries"]
     (tmp_path / "toy.tsv").write_text("q0\tg\n")
     with pytest.raises(InputError, match="has no group for 59 of the 60 train queries"):

@@ -539,6 +539,23 @@ def test_validated_queries_keep_the_clearly_better_stage_one_and_never_use_held_
     assert all(torch.equal(runs[0][k], v) for k, v in _params(t.net).items())
 
 
+def test_supervised_fallback_keeps_held_out_queries_out_of_the_anchors_of_both_stages():
+    data = _with_query_anchors(_labelled_problem(60))
+    n_corpus = data.n_corpus_anchors
+    cfg = config(steps=6, supervised_steps=6, validation_fraction=0.2, min_validation_queries=1, batch_size=16,
+                 dynamic_negatives=0, eval_every=3, supervised_fallback="corpus-only", seed=0)
+    t, drawn = _recording_trainer(cfg, data)
+    assert t.fit_stage_one().query_choice is None  # one stage-1 run, with the (other) query anchors
+    t.fit_supervised()
+    val_anchor_ids = set((n_corpus + t.labelled_split()[1]).tolist())
+    assert len(val_anchor_ids) == 12 and not val_anchor_ids & set(np.concatenate(drawn).tolist())
+    assert any((ids >= n_corpus).any() for ids in drawn[:6])
+    # without the option every query is an anchor (nothing is chosen on held-out queries afterwards)
+    t, drawn = _recording_trainer(cfg.replace(supervised_fallback="none"), data)
+    t.fit_stage_one()
+    assert not t.holds_out_query_anchors() and len(set(np.concatenate(drawn).tolist()) - set(range(n_corpus))) > 12
+
+
 def test_validated_queries_need_a_gain_beyond_noise_to_keep_the_query_anchors():
     data = _with_query_anchors(_labelled_problem(60))
     cfg = config(steps=4, validation_fraction=0.2, min_validation_queries=1, batch_size=16, dynamic_negatives=0,
@@ -579,3 +596,31 @@ def test_validated_queries_without_a_holdout_is_the_plain_fit():
         runs.append((_params(t.net), len(drawn), state.query_choice))
     assert runs[1][1] == runs[0][1] == 6 and runs[1][2] is None  # one stage-1 run, nothing to choose by
     assert all(torch.equal(runs[0][0][k], v) for k, v in runs[1][0].items())
+
+
+@pytest.mark.parametrize("prerotated", [False, True])
+def test_exported_weights_score_as_the_net_that_made_them(prerotated):
+    # query_ndcg_of_weights scores another fit's adaptor (supervised_fallback="corpus-only") on this
+    # fit's rows, which are multiplied by the fixed rotation beforehand when the net is prerotated.
+    data = _labelled_problem(40)
+    rotation = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)))[0]
+    if prerotated:
+        data = data_for(data.corpus @ rotation.numpy(), queries=data.queries @ rotation.numpy(),
+                        positives=data.positives)
+    torch.manual_seed(0)
+    net = AdaptorNet(8, 8, rotation=rotation, prerotated=prerotated)
+    cfg = config(supervised_steps=20, validation_fraction=0.25, min_validation_queries=1, batch_size=8,
+                 dynamic_negatives=0, seed=0)
+    t = Trainer(net, (2, 4, 8), cfg, data)
+    t.fit_supervised()
+    val_q = t.labelled_split()[1]
+    own = t.query_ndcg(val_q)
+    by_query = t.last_val_by_query.copy()
+    weights = {k: v.numpy() for k, v in net.export_weights().items()}
+    assert any(np.abs(v).sum() > 0 for k, v in weights.items() if k.startswith("layers.1"))  # trained
+    assert t.query_ndcg_of_weights(weights, val_q) == pytest.approx(own, abs=1e-6)
+    np.testing.assert_allclose(t.last_val_by_query, by_query, atol=1e-6)
+    assert t.net is net  # the fit's own net is back
+    # and another adaptor scores differently: the untrained start (its rotation alone)
+    start = {k: v.numpy() for k, v in AdaptorNet(8, 8, rotation=rotation).export_weights().items()}
+    assert t.query_ndcg_of_weights(start, val_q) != pytest.approx(own, abs=1e-6)

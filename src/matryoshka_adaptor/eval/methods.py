@@ -127,6 +127,8 @@ class Adaptor(Method):
         choice = self.adaptor_.fit_summary_["unsupervised"].get("queries")
         if choice is not None:  # use_queries="validated": what stage 1 kept
             record["stage1_kept"] = choice["kept"]
+        if "fallback" in stage2:  # supervised_fallback="corpus-only": which adaptor the fit returned
+            record["supervised_fallback_kept"] = stage2["fallback"]["kept"]
         return record
 
 

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..weight_names import LAYERS, ROTATION, layer_bias, layer_weight
+from ..weight_names import LAYERS, ROTATION, count_layers, layer_bias, layer_weight
 
 
 @contextlib.contextmanager
@@ -134,6 +134,23 @@ class AdaptorNet(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         nn.init.zeros_(self.layers[-1].weight)
         nn.init.zeros_(self.layers[-1].bias)
+
+    @classmethod
+    def from_weights(cls, weights, *, undo_rotation: torch.Tensor | None = None) -> AdaptorNet:
+        """A fixed (untrained) net computing exported ``weights`` (numpy or torch, as ``export_weights``).
+
+        ``undo_rotation``: the net will see rows already multiplied by this orthogonal matrix (a fit's
+        prerotated training rows), so its fixed rotation is ``undo_rotation.T @ rotation``.
+        """
+        weights = {k: torch.as_tensor(v) for k, v in weights.items()}
+        input_dim, hidden_dim = weights[layer_weight(0)].shape[1], weights[layer_weight(0)].shape[0]
+        rotation = weights.get(ROTATION)
+        if undo_rotation is not None:
+            rotation = undo_rotation.T if rotation is None else undo_rotation.T @ rotation
+            weights[ROTATION] = rotation
+        net = cls(input_dim, hidden_dim, count_layers(weights), rotation)
+        net.load_state_dict(weights)
+        return net
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-normalise, then rotate: the space in which e' is compared with e."""

@@ -521,6 +521,16 @@ class Trainer:
         self.last_val_by_query = np.mean(per_query, axis=0)  # each held-out query's mean over dims
         return float(np.mean(scores))
 
+    def query_ndcg_of_weights(self, weights: dict, val_queries: np.ndarray, k: int = 10) -> float:
+        """``query_ndcg`` of another fit's exported weights on this fit's held-out queries and rows."""
+        prerotated = self.net.prerotated and self.net.rotation is not None
+        other = AdaptorNet.from_weights(weights, undo_rotation=self.net.rotation.cpu() if prerotated else None)
+        own, self.net = self.net, other.to(self.device)
+        try:
+            return self.query_ndcg(val_queries, k)
+        finally:
+            self.net = own
+
     @torch.no_grad()
     def mine_adapted_negatives(self, h: int, chunk: int = 128) -> np.ndarray:
         """Each query's top-h corpus rows by its mean m-prefix cosine in the *current* adapted space.
@@ -655,15 +665,24 @@ class Trainer:
             return setting
         return "adapted" if len(self.labelled_split()[1]) else "original"
 
+    def holds_out_query_anchors(self) -> bool:
+        """Whether the held-out labelled queries are kept out of the query anchors: with
+        ``use_queries="validated"`` or ``supervised_fallback="corpus-only"``, whose choices are made
+        on those queries: as anchors the fit would learn to place those very vectors, and the choice
+        would favour it on queries it has in effect seen (docs/ablations.md, session 19)."""
+        cfg, data = self.config, self.data
+        return (data.supervised and len(data.anchors) > data.n_corpus_anchors
+                and (cfg.use_queries == "validated" or cfg.supervised_fallback == "corpus-only"))
+
     def _anchor_ids(self, corpus_only: bool) -> np.ndarray:
         """Anchor ids training may draw: the corpus rows and, unless ``corpus_only``, the query anchors
-        (with ``use_queries="validated"`` not those of held-out queries, so that the stage-1 choice is
-        made on queries neither stage has seen)."""
+        (not those of held-out queries when ``holds_out_query_anchors``, so that the choices are made
+        on queries neither stage has seen)."""
         data = self.data
         ids = np.arange(len(data.anchors))
         if corpus_only:
             return ids[: data.n_corpus_anchors]
-        if self.config.use_queries == "validated" and data.supervised and len(ids) > data.n_corpus_anchors:
+        if self.holds_out_query_anchors():
             ids = np.setdiff1d(ids, data.n_corpus_anchors + self.labelled_split()[1])
         return ids
 
@@ -679,11 +698,10 @@ class Trainer:
         articles as much (docs/ablations.md); held-out queries (whole groups, with ``query_groups``)
         are the only evidence a fit has of which case it is in.
         """
-        data = self.data
-        has_query_anchors = len(data.anchors) > data.n_corpus_anchors
         # Its own stream for the split drawn before stage 1: without held-out queries this is the plain fit.
-        if not (self.config.use_queries == "validated" and data.supervised and has_query_anchors
-                and len(self.labelled_split(np.random.default_rng([self.config.seed, 2]))[1])):
+        held_out = (self.holds_out_query_anchors()
+                    and len(self.labelled_split(np.random.default_rng([self.config.seed, 2]))[1]))
+        if not (self.config.use_queries == "validated" and held_out):
             return self.fit_unsupervised()
         val_q = self.labelled_split()[1]
         start = copy.deepcopy(self.net.state_dict())
