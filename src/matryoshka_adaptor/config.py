@@ -290,8 +290,9 @@ class AdaptorConfig:
         "'corpus-only': a supervised fit that holds labelled queries out also makes the corpus-only adaptor "
         "(exactly what a fit of the corpus alone with the same seed makes) and returns that one unless the "
         "held-out queries show the supervised adaptor better beyond noise (paired nDCG@10 gain, mean over "
-        "the dims, > 1.645 standard errors); fits without held-out queries keep the supervised one. "
-        "'none': always the supervised one.")
+        "the dims, > 1.645 standard errors); the held-out queries are then kept out of the query anchors, so "
+        "that neither fit has seen them. Fits without held-out queries keep the supervised one. 'none': always "
+        "the supervised one.")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")
