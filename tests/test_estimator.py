@@ -191,6 +191,8 @@ def test_supervised_fallback_keeps_the_supervised_fit_only_on_evidence_else_the_
     assert choice["kept"] == "supervised" and choice["held_out_queries"] == 16
     assert choice["gain"] > Trainer.EVIDENCE_Z * choice["standard_error"] > 0
     assert choice["gain"] == pytest.approx(choice["val_ndcg@10_supervised"] - choice["val_ndcg@10_corpus_only"])
+    assert list(choice["gain_by_dim"]) == [4, 8, 32] == list(choice["standard_error_by_dim"])
+    assert np.mean(list(choice["gain_by_dim"].values())) == pytest.approx(choice["gain"])
     assert kept.hidden_dim_ == 32 and kept.fit_summary_["supervised"]["best_step"] > 0
     # Labels that name each query's own noisy copy, which the full-dim vectors already find: no gain
     # beyond noise, so the fit returns what a fit of the corpus alone makes, bit for bit.

@@ -201,12 +201,17 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
     corpus_only, _ = train_adaptor(dataclasses.replace(inputs, queries=None, positives=None, query_groups=None),
                                    config)
     score_supervised = trainer.query_ndcg(val_q)
-    per_query = trainer.last_val_by_query
+    per_dim_and_query = trainer.last_val_by_dim_and_query
     score_corpus_only = trainer.query_ndcg_of_weights(corpus_only.weights, val_q)
-    evidence = paired_evidence(per_query - trainer.last_val_by_query, trainer.EVIDENCE_Z)
+    gain = per_dim_and_query - trainer.last_val_by_dim_and_query
+    evidence = paired_evidence(gain.mean(axis=0), trainer.EVIDENCE_Z)
     keep = evidence.pop("beyond_noise")
+    # Recorded, not yet used: whether one prefix loses while the mean over the dims gains.
+    by_dim = {int(m): paired_evidence(g, trainer.EVIDENCE_Z) for m, g in zip(trainer.dims, gain)}
     choice = {"val_ndcg@10_supervised": score_supervised, "val_ndcg@10_corpus_only": score_corpus_only,
-              **evidence, "kept": "supervised" if keep else "corpus-only"}
+              **evidence, "kept": "supervised" if keep else "corpus-only",
+              "gain_by_dim": {m: e["gain"] for m, e in by_dim.items()},
+              "standard_error_by_dim": {m: e["standard_error"] for m, e in by_dim.items()}}
     if keep:
         supervised.summary["supervised"]["fallback"] = choice
         return supervised

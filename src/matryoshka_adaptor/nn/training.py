@@ -518,7 +518,8 @@ class Trainer:
             per_query.append(ndcg.cpu().numpy())
         self.net.train()
         self.last_val_by_dim = dict(zip(self.dims, scores))
-        self.last_val_by_query = np.mean(per_query, axis=0)  # each held-out query's mean over dims
+        self.last_val_by_dim_and_query = np.stack(per_query)  # (dims, held-out queries)
+        self.last_val_by_query = self.last_val_by_dim_and_query.mean(axis=0)  # each query's mean over dims
         return float(np.mean(scores))
 
     def query_ndcg_of_weights(self, weights: dict, val_queries: np.ndarray, k: int = 10) -> float:
