@@ -266,10 +266,15 @@ def fit(
             typer.echo(_fallback_line(s["supervised"]["fallback"]))
 
 
+def _paired_gain(evidence: dict, what: str) -> str:
+    """A recorded ``paired_evidence`` in words: "gain <what> on N held-out labelled queries ..."."""
+    return (f"gain {what} on {evidence['held_out_queries']} held-out labelled queries {evidence['gain']:+.4f} "
+            f"nDCG@10 (standard error {evidence['standard_error']:.4f})")
+
+
 def _query_choice_line(choice: dict) -> str:
     """One line on what ``use_queries="validated"`` kept in stage 1, and on what evidence."""
-    measured = (f"gain of the query anchors over the corpus-only start on {choice['held_out_queries']} held-out "
-                f"labelled queries {choice['gain']:+.4f} nDCG@10 (standard error {choice['standard_error']:.4f})")
+    measured = _paired_gain(choice, "of the query anchors over the corpus-only start")
     if choice["kept"] == "with queries":
         return f"stage 1 kept the query anchors: {measured}."
     return f"stage 1 kept the corpus-only start: {measured}, not beyond noise."
@@ -279,8 +284,7 @@ def _fallback_line(choice: dict) -> str:
     """One line on which adaptor ``supervised_fallback="corpus-only"`` saved, and on what evidence."""
     if not choice["held_out_queries"]:
         return "saved the supervised adaptor: no labelled queries held out to compare it with the corpus-only one."
-    measured = (f"gain over the corpus-only adaptor on {choice['held_out_queries']} held-out labelled queries "
-                f"{choice['gain']:+.4f} nDCG@10 (standard error {choice['standard_error']:.4f})")
+    measured = _paired_gain(choice, "over the corpus-only adaptor")
     if choice["kept"] == "supervised":
         return f"saved the supervised adaptor: {measured}."
     return f"saved the corpus-only adaptor instead of the supervised one: {measured}, not beyond noise."
