@@ -9,6 +9,7 @@ Dev splits (the test split is never read):
   articles).
 - ``scifact``: the 809 train queries split 70/30 with seed 123 (as ``ablation_dev.py``).
 - ``nfcorpus``: fit on the train split, score on the dev split.
+- ``xquad-r/pool``: as a language, with the pool's questions and its languages' stacked vectors.
 ``--labels N`` fits on a random N of the fit queries (``eval.label_curve.label_subset``, the seed's).
 
 Rows per seed: PCA, the corpus-only adaptor, the adaptor with the fit queries unlabelled, and one
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from matryoshka_adaptor import MatryoshkaAdaptor
+from matryoshka_adaptor.embed.sources import Precomputed, load_precomputed
+from matryoshka_adaptor.eval.dataset_vectors import find_vectors, vectors_source
 from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.label_curve import label_subset
 from matryoshka_adaptor.eval.methods import FitData, make_method
@@ -37,17 +40,29 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import add_dev_set_arguments, dev_split, is_xquad, shared_vectors, xquad_article
+from dev_splits import add_dev_set_arguments, dev_split, is_xquad, shared_model, shared_vectors, xquad_article
 
 DIMS = (16, 32, 64, 128, 256, 384)
 DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
 
 
-def load_dev_data(name: str, data_dir: Path):
-    """(corpus vectors, corpus ids, query vectors by id, fit qrels, dev qrels) for one dataset."""
+def load_dev_data(name: str, data_dir: Path, embeddings: Path | None = None):
+    """(corpus vectors, corpus ids, query vectors by id, fit qrels, dev qrels) for one dataset.
+
+    The vectors: ``embeddings`` (a folder of corpus.npy, queries.npy, ids.json) if given, else the
+    set's precomputed ones, or, for XQuAD-R's ``pool`` (which has none of its own), its languages'
+    stacked, as the benchmark finds them.
+    """
     folder = data_dir / name
     ds = load_beir(folder)
-    pre = shared_vectors(folder)
+    if embeddings is not None:
+        pre = load_precomputed(embeddings)
+    elif vectors_source(folder, shared_model(folder)) == "siblings":
+        query_ids = list(ds.queries)
+        corpus, queries = find_vectors(folder, shared_model(folder), ds.corpus_ids, query_ids)
+        pre = Precomputed(corpus=corpus, queries=queries, corpus_ids=ds.corpus_ids, query_ids=query_ids)
+    else:
+        pre = shared_vectors(folder)
     qvec = dict(zip(pre.query_ids, pre.queries))
     train = ds.qrels["train"]
     train_q = [q for q in pre.query_ids if q in train]
@@ -90,11 +105,14 @@ def main() -> None:
     ap.add_argument("--article-groups", action="store_true",
                     help="XQuAD-R: pass each fit question's article as query_groups to the supervised fits "
                          "(their holdout is then whole articles; recorded in the setting)")
+    ap.add_argument("--embeddings", default=None, help="another model's vectors of the set (corpus.npy, "
+                    "queries.npy, ids.json), e.g. the multilingual-e5 ones of SciFact")
     ap.add_argument("--out", default="results/topic_holdout_dev.jsonl")
     args = ap.parse_args()
     if args.article_groups and not is_xquad(Path(args.data_dir) / args.dataset):
         ap.error("--article-groups needs an XQuAD-R language (--dataset xquad-r/<lang>): only there are articles known")
-    C, cid, qvec, fit_qrels, dev = load_dev_data(args.dataset, Path(args.data_dir))
+    C, cid, qvec, fit_qrels, dev = load_dev_data(args.dataset, Path(args.data_dir),
+                                                  Path(args.embeddings) if args.embeddings else None)
     dev_q = list(dev)
     Qdev = np.stack([qvec[q] for q in dev_q])
     out = Path(args.out)

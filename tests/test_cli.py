@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from matryoshka_adaptor.cli import app
+from matryoshka_adaptor.cli import _fallback_line, app
 from matryoshka_adaptor.formats import write_embeddings
 
 runner = CliRunner()
@@ -157,8 +157,18 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.output.splitlines() if ln.startswith("saved the "))
     assert "over the corpus-only adaptor on 4 held-out labelled queries" in line and "standard error" in line
+    stage = next(ln for ln in r.output.splitlines() if ln.startswith("supervised stage kept at shrink "))
+    assert ", the best on 4 held-out labelled queries (nDCG@10 by shrink toward the unsupervised start 0: " in stage
     kept = json.loads(invoke("info", tmp_path / "f").output)["fit_summary"]["supervised"]["fallback"]["kept"]
     assert line.startswith("saved the corpus-only adaptor instead" if kept == "corpus-only" else "saved the supervised")
+    # a fallback for one prefix that loses beyond noise, read back from a saved fit (dim keys as strings)
+    vetoed = {"held_out_queries": 40, "gain": 0.03, "standard_error": 0.01, "mean_gain_beyond_noise": True,
+              "kept": "corpus-only", "gain_by_dim": {"16": -0.02, "64": 0.08}, "standard_error_by_dim":
+              {"16": 0.005, "64": 0.01}, "losing_dims": [16]}
+    assert _fallback_line(vetoed) == (
+        "saved the corpus-only adaptor instead of the supervised one: gain over the corpus-only adaptor on 40 "
+        "held-out labelled queries +0.0300 nDCG@10 (standard error 0.0100), but at 16 dims -0.0200 (standard "
+        "error 0.0050) it loses beyond noise.")
     (tmp_path / "short.tsv").write_text("".join(f"{i}\tt\n" for i in range(39)))
     (tmp_path / "three.tsv").write_text("0\ta\tb\n")
     for bad, message in (("short.tsv", "has no group for 1 of the 40 queries (first: '39')"),

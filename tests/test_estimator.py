@@ -8,6 +8,7 @@ import pytest
 from conftest import clustered
 from matryoshka_adaptor import MatryoshkaAdaptor, NotFittedError
 from matryoshka_adaptor.errors import InputError
+from matryoshka_adaptor.fitting import fallback_choice
 from matryoshka_adaptor.neighbors import exact_topk
 from matryoshka_adaptor.nn.training import Trainer
 
@@ -194,6 +195,12 @@ def test_supervised_fallback_keeps_the_supervised_fit_only_on_evidence_else_the_
     assert list(choice["gain_by_dim"]) == [4, 8, 32] == list(choice["standard_error_by_dim"])
     assert np.mean(list(choice["gain_by_dim"].values())) == pytest.approx(choice["gain"])
     assert kept.hidden_dim_ == 32 and kept.fit_summary_["supervised"]["best_step"] > 0
+    assert choice["mean_gain_beyond_noise"] and choice["losing_dims"] == []
+    # With the fallback as the guard, the "auto" shrink keeps the best grid value on the held-out queries.
+    stage2 = kept.fit_summary_["supervised"]
+    scores = stage2["shrink_scores"]["val_ndcg@10_by_shrink"]
+    assert list(scores) == ["0.0", "0.25", "0.5", "0.75", "1.0"] and "shrink_evidence" not in stage2
+    assert scores[str(stage2["shrink"])] == max(scores.values())
     # Labels that name each query's own noisy copy, which the full-dim vectors already find: no gain
     # beyond noise, so the fit returns what a fit of the corpus alone makes, bit for bit.
     rng = np.random.default_rng(0)
@@ -217,6 +224,19 @@ def test_supervised_fallback_keeps_the_supervised_fit_only_on_evidence_else_the_
     small = MatryoshkaAdaptor(**params, supervised_fallback="corpus-only").fit(docs, near[:15], few)
     assert small.fit_summary_["supervised"]["fallback"] == {"kept": "supervised", "held_out_queries": 0}
     assert small.hidden_dim_ == 32
+
+
+def test_the_fallback_rule_wants_a_mean_gain_beyond_noise_and_no_dim_losing_beyond_noise():
+    rng = np.random.default_rng(0)
+    noise = 0.01 * rng.standard_normal((3, 100))
+    clear_gain = np.array([[0.05], [0.05], [0.05]]) + noise
+    assert fallback_choice(clear_gain, (16, 64, 256), 1.645)["kept"] == "supervised"
+    # the same mean over the dims, but the 16-dim prefix clearly worse: the corpus-only adaptor
+    one_dim_lost = np.array([[-0.03], [0.09], [0.09]]) + noise
+    choice = fallback_choice(one_dim_lost, (16, 64, 256), 1.645)
+    assert choice["mean_gain_beyond_noise"] and choice["losing_dims"] == [16] and choice["kept"] == "corpus-only"
+    assert choice["gain_by_dim"][16] == pytest.approx(-0.03, abs=0.005)
+    assert fallback_choice(0.01 * rng.standard_normal((3, 100)), (16, 64, 256), 1.645)["kept"] == "corpus-only"
 
 
 def test_query_groups_make_the_held_out_queries_whole_topics():

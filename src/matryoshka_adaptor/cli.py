@@ -287,7 +287,15 @@ def _fallback_line(choice: dict) -> str:
     measured = _paired_gain(choice, "over the corpus-only adaptor")
     if choice["kept"] == "supervised":
         return f"saved the supervised adaptor: {measured}."
-    return f"saved the corpus-only adaptor instead of the supervised one: {measured}, not beyond noise."
+    # dim keys are ints in a fresh fit's summary and strings once it has been saved as JSON
+    gain, se = ({str(m): v for m, v in choice.get(key, {}).items()} for key in ("gain_by_dim", "standard_error_by_dim"))
+    losing = ", ".join(f"{m} dims {gain[str(m)]:+.4f} (standard error {se[str(m)]:.4f})"
+                       for m in choice.get("losing_dims", []))
+    if choice.get("mean_gain_beyond_noise"):
+        why = f"but at {losing} it loses beyond noise"
+    else:
+        why = "not beyond noise" + (f", and at {losing} it loses beyond noise" if losing else "")
+    return f"saved the corpus-only adaptor instead of the supervised one: {measured}, {why}."
 
 
 def _gamma_choice_line(choice: dict) -> str:
@@ -310,6 +318,11 @@ def _supervised_stage_line(stage2: dict, settings) -> str:
             return f"supervised stage kept whole: {measured}."
         return (f"supervised stage kept half way back to the unsupervised start: {measured}, not beyond noise; "
                 "more labelled queries give a sharper check.")
+    if "shrink_scores" in stage2:
+        scores = stage2["shrink_scores"]
+        listed = ", ".join(f"{float(lam):g}: {v:.4f}" for lam, v in scores["val_ndcg@10_by_shrink"].items())
+        return (f"supervised stage kept at shrink {lam:g}, the best on {scores['held_out_queries']} held-out "
+                f"labelled queries (nDCG@10 by shrink toward the unsupervised start {listed}).")
     if settings.supervised_shrink == "auto":
         return (f"supervised stage kept half way back to the unsupervised start: fewer than "
                 f"{settings.min_validation_queries} labelled queries could be held out to check it "

@@ -284,15 +284,17 @@ class AdaptorConfig:
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
         "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 1 only when "
         "the held-out labelled queries show it better than 0.5 by more than 1.645 standard errors of their paired "
-        "gain, else 0.5, and 0.5 when too few queries are labelled to hold any out; see min_validation_queries).")
+        "gain, else 0.5, and 0.5 when too few queries are labelled to hold any out; see min_validation_queries; "
+        "with supervised_fallback='corpus-only' and held-out queries: as 'validated', the fallback being the guard).")
     supervised_fallback: str = param(
         "none", Options(SUPERVISED_FALLBACKS),
         "'corpus-only': a supervised fit that holds labelled queries out also makes the corpus-only adaptor "
         "(exactly what a fit of the corpus alone with the same seed makes) and returns that one unless the "
         "held-out queries show the supervised adaptor better beyond noise (paired nDCG@10 gain, mean over "
-        "the dims, > 1.645 standard errors); the held-out queries are then kept out of the query anchors, so "
-        "that neither fit has seen them. Fits without held-out queries keep the supervised one. 'none': always "
-        "the supervised one.")
+        "the dims, > 1.645 standard errors) and worse beyond noise at none of the dims (no dim's gain below "
+        "-1.645 of its standard errors); the held-out queries are then kept out of the query anchors, so "
+        "that neither fit has seen them, and supervised_shrink='auto' keeps the best shrink on them. Fits "
+        "without held-out queries keep the supervised one. 'none': always the supervised one.")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")
     lr: float = param(1e-3, Interval(float, 0, 1e6, open_low=True),
                       "Adam learning rate (the divergence guard catches values that are too high).")

@@ -186,14 +186,15 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
 
     The corpus-only adaptor is the fit of ``inputs.corpus`` alone with ``config`` (what a user without
     labels or queries gets, bit for bit). Both are scored on the supervised fit's held-out labelled
-    queries (nDCG@10 per query, mean over the dims, the rows stage 2 ranks), and the supervised one is
-    kept only when its paired gain exceeds ``Trainer.EVIDENCE_Z`` standard errors, the rule of the
-    shrink. Those queries also chose stage 2's stopping step, so its score is if anything optimistic:
-    the rule asks for a clear margin. Without held-out queries there is no evidence either way, and
-    the supervised result stays, as without the option.
+    queries (nDCG@10 per query and dim, the rows stage 2 ranks), and the supervised one is kept only
+    when its paired gain, mean over the dims, exceeds ``Trainer.EVIDENCE_Z`` standard errors (the rule
+    of the shrink) *and* no dim of the fit loses beyond that many standard errors: the promise is
+    "never below the adaptor you would have without labels" at every prefix you asked for, so a large
+    gain at long prefixes does not buy a clear loss at a short one (narrow ``dims`` to the prefixes
+    you serve if only some matter). Those queries also chose stage 2's stopping step and shrink, so
+    the supervised score is if anything optimistic: the rule asks for a clear margin. Without held-out
+    queries there is no evidence either way, and the supervised result stays, as without the option.
     """
-    from .nn.training import paired_evidence
-
     val_q = trainer.labelled_split()[1]
     if not len(val_q):
         supervised.summary["supervised"]["fallback"] = {"kept": "supervised", "held_out_queries": 0}
@@ -203,16 +204,10 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
     score_supervised = trainer.query_ndcg(val_q)
     per_dim_and_query = trainer.last_val_by_dim_and_query
     score_corpus_only = trainer.query_ndcg_of_weights(corpus_only.weights, val_q)
-    gain = per_dim_and_query - trainer.last_val_by_dim_and_query
-    evidence = paired_evidence(gain.mean(axis=0), trainer.EVIDENCE_Z)
-    keep = evidence.pop("beyond_noise")
-    # Recorded, not yet used: whether one prefix loses while the mean over the dims gains.
-    by_dim = {int(m): paired_evidence(g, trainer.EVIDENCE_Z) for m, g in zip(trainer.dims, gain)}
     choice = {"val_ndcg@10_supervised": score_supervised, "val_ndcg@10_corpus_only": score_corpus_only,
-              **evidence, "kept": "supervised" if keep else "corpus-only",
-              "gain_by_dim": {m: e["gain"] for m, e in by_dim.items()},
-              "standard_error_by_dim": {m: e["standard_error"] for m, e in by_dim.items()}}
-    if keep:
+              **fallback_choice(per_dim_and_query - trainer.last_val_by_dim_and_query, trainer.dims,
+                                trainer.EVIDENCE_Z)}
+    if choice["kept"] == "supervised":
         supervised.summary["supervised"]["fallback"] = choice
         return supervised
     # The weights, architecture and settings are the corpus-only fit's; the summary keeps the record
@@ -220,6 +215,26 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
     summary = {**corpus_only.summary, "supervised": {**supervised.summary["supervised"], "fallback": choice}}
     history = {**corpus_only.history, "supervised": supervised.history.get("supervised", [])}
     return dataclasses.replace(corpus_only, history=history, summary=summary)
+
+
+def fallback_choice(gain: np.ndarray, dims, z: float) -> dict:
+    """The fallback's rule on the supervised adaptor's paired gains over the corpus-only one.
+
+    ``gain``: (dims, held-out queries) nDCG@10 differences. The supervised adaptor is kept when the
+    gain's mean over the dims exceeds ``z`` standard errors and no dim's gain is below ``-z`` of its
+    own standard errors; the record says which held and why.
+    """
+    from .nn.training import paired_evidence
+
+    evidence = paired_evidence(gain.mean(axis=0), z)
+    by_dim = {int(m): paired_evidence(g, z) for m, g in zip(dims, gain)}
+    losing_dims = [m for m, e in by_dim.items() if e["gain"] < -z * e["standard_error"]]
+    mean_beyond_noise = evidence.pop("beyond_noise")
+    return {**evidence, "mean_gain_beyond_noise": mean_beyond_noise,
+            "kept": "supervised" if mean_beyond_noise and not losing_dims else "corpus-only",
+            "gain_by_dim": {m: e["gain"] for m, e in by_dim.items()},
+            "standard_error_by_dim": {m: e["standard_error"] for m, e in by_dim.items()},
+            "losing_dims": losing_dims}
 
 
 def train_adaptor(inputs: FitInputs, config: AdaptorConfig):
@@ -308,6 +323,8 @@ def train_adaptor(inputs: FitInputs, config: AdaptorConfig):
                 inputs.query_groups[trainer.labelled_split()[1]])))
         if stage2.shrink_evidence is not None:
             summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence
+        if stage2.shrink_scores is not None:
+            summary["supervised"]["shrink_scores"] = stage2.shrink_scores
         if stage2.gamma_choice is not None:
             summary["supervised"]["gamma_choice"] = stage2.gamma_choice
         if stage2.diverged:
