@@ -700,12 +700,13 @@ class Trainer:
         articles as much (docs/ablations.md); held-out queries (whole groups, with ``query_groups``)
         are the only evidence a fit has of which case it is in.
         """
-        # Its own stream for the split drawn before stage 1: without held-out queries this is the plain fit.
-        held_out = (self.holds_out_query_anchors()
-                    and len(self.labelled_split(np.random.default_rng([self.config.seed, 2]))[1]))
-        if not (self.config.use_queries == "validated" and held_out):
+        if not self.holds_out_query_anchors():
             return self.fit_unsupervised()
-        val_q = self.labelled_split()[1]
+        # Stage 1's anchors leave the held-out queries out, so the split is drawn now, on its own stream
+        # (the fit's stream stays as in a plain fit).
+        val_q = self.labelled_split(np.random.default_rng([self.config.seed, 2]))[1]
+        if self.config.use_queries != "validated" or not len(val_q):
+            return self.fit_unsupervised()
         start = copy.deepcopy(self.net.state_dict())
         with_queries = self.fit_unsupervised()
         score_with, weights_with = self.query_ndcg(val_q), copy.deepcopy(self.net.state_dict())
