@@ -8,8 +8,9 @@
 out of the anchors and the corpus-only adaptor is made) and writes, per fit, every candidate's nDCG@10
 per dim on the dev split and per dim and held-out labelled query: the supervised weights moved back
 toward stage 1 by each shrink of the grid (0 = stage 1, 1 = stage 2 as trained) and the corpus-only
-adaptor. ``compare`` replays selection rules on those records (only the held-out queries choose; the
-dev rows say what the choice was worth), so rules are compared on identical fits. Dev splits as in
+adaptor, and (with ``--article-groups``) each held-out query's group. ``compare`` replays selection
+rules on those records (only the held-out queries choose; the dev rows say what the choice was
+worth), so rules are compared on identical fits. Dev splits as in
 ``topic_holdout_dev.py`` (the test split is never read); ``--embeddings`` takes another model's vectors.
 """
 
@@ -67,8 +68,10 @@ def record(args) -> None:
         est.fit(C, np.stack([qvec[q] for q in fit_q]), {q: fit_qrels[q] for q in fit_q}, corpus_ids=cid,
                 query_ids=fit_q, query_groups=groups)
         trainer, val_q = box["trainer"], box["trainer"].labelled_split()[1]
+        held_groups = trainer.groups_of(val_q)
         rec = dict(dataset=args.dataset, embeddings=args.embeddings, labels=args.labels or "all", seed=seed,
                    article_groups=groups is not None, params=args.params, held_out=int(len(val_q)),
+                   held_groups=None if held_groups is None else [str(g) for g in held_groups],
                    fit_s=round(time.perf_counter() - t), held={}, dev={})
         candidates = {lam: training.interpolate_weights(box["stage1"], box["stage2"], float(lam)) for lam in GRID}
         for name, state in candidates.items():
@@ -111,20 +114,26 @@ def best_shrink(held: dict) -> str:
     return max(GRID, key=lambda lam: (mean_score(held, lam), float(lam)))
 
 
-def fall_back(held: dict, lam: str, *, per_dim: bool) -> str:
-    """The library's fallback rule (``per_dim``) or session 19's, which weighed the mean over the dims only."""
-    choice = fitting.fallback_choice(gain_vs_corpus_only(held, lam), DIMS, Z)
+def fall_back(held: dict, lam: str, *, per_dim: bool, groups: list[str] | None = None) -> str:
+    """The library's fallback rule (``per_dim``; with the held-out queries' ``groups``, counting groups) or
+    session 19's, which weighed the mean over the dims only."""
+    choice = fitting.fallback_choice(gain_vs_corpus_only(held, lam), DIMS, Z,
+                                     None if groups is None else np.asarray(groups))
     keep = choice["mean_gain_beyond_noise"] and not (per_dim and choice["losing_dims"])
     return lam if keep else "corpus-only"
 
 
+# Each rule sees one record: its held-out scores and (records made since session 21) the held-out queries' groups.
 RULES = {
-    "session 19: half-or-whole shrink, mean rule": lambda h: fall_back(h, half_or_whole(h), per_dim=False),
-    "half-or-whole shrink, mean rule + no dim lost": lambda h: fall_back(h, half_or_whole(h), per_dim=True),
-    "best shrink, mean rule": lambda h: fall_back(h, best_shrink(h), per_dim=False),
-    "session 20: best shrink, mean rule + no dim lost": lambda h: fall_back(h, best_shrink(h), per_dim=True),
-    "best shrink, never fall back": best_shrink,
-    "half-or-whole shrink, never fall back": half_or_whole,
+    "session 19: half-or-whole shrink, mean rule": lambda r: fall_back(r["held"], half_or_whole(r["held"]), per_dim=False),
+    "half-or-whole shrink, mean rule + no dim lost": lambda r: fall_back(r["held"], half_or_whole(r["held"]), per_dim=True),
+    "best shrink, mean rule": lambda r: fall_back(r["held"], best_shrink(r["held"]), per_dim=False),
+    "session 20: best shrink, mean rule + no dim lost, queries as units":
+        lambda r: fall_back(r["held"], best_shrink(r["held"]), per_dim=True),
+    "session 21: the same, query groups as units":
+        lambda r: fall_back(r["held"], best_shrink(r["held"]), per_dim=True, groups=r.get("held_groups")),
+    "best shrink, never fall back": lambda r: best_shrink(r["held"]),
+    "half-or-whole shrink, never fall back": lambda r: half_or_whole(r["held"]),
 }
 
 
@@ -134,7 +143,7 @@ def compare(args) -> None:
     print(f"{len(recs)} fits with held-out queries; dev nDCG@10 of each rule's pick minus the corpus-only "
           f"adaptor's, at {' / '.join(map(str, DIMS))} dims")
     for name, rule in RULES.items():
-        picks = [rule(r["held"]) for r in recs]
+        picks = [rule(r) for r in recs]
         diff = np.array([np.asarray(r["dev"][p]) - np.asarray(r["dev"]["corpus-only"]) for r, p in zip(recs, picks)])
         print(f"\n{name}\n  mean  " + " ".join(f"{x:+.4f}" for x in diff.mean(axis=0))
               + "\n  worst " + " ".join(f"{x:+.4f}" for x in diff.min(axis=0)))

@@ -150,8 +150,12 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
     r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "a", *common, "--query-groups", tmp_path / "groups.tsv")
     assert r.exit_code == 0, r.output
     assert "held-out labelled queries: 5 in 1 whole group of --query-groups." in r.output  # 10 % of 40 is 4
+    assert ("warning: only 1 query group held out (5 labelled queries); a test over fewer than 5 groups cannot show "
+            "a gain beyond noise, so use_queries='validated' will drop the query anchors, and "
+            "supervised_shrink='auto' will keep stage 2 half way. Raise validation_fraction (now 0.1)") in r.output
     line = next(ln for ln in r.output.splitlines() if ln.startswith("stage 1 kept the "))
-    assert "over the corpus-only start on 5 held-out labelled queries" in line and "standard error" in line
+    assert "over the corpus-only start on 5 held-out labelled queries" in line
+    assert "(one query group held out: nothing to test by, so no evidence beyond noise)" in line
     r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "f", *common[:-1],
                '{"min_validation_queries": 3, "supervised_fallback": "corpus-only"}')
     assert r.exit_code == 0, r.output
@@ -161,6 +165,16 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
     assert ", the best on 4 held-out labelled queries (nDCG@10 by shrink toward the unsupervised start 0: " in stage
     kept = json.loads(invoke("info", tmp_path / "f").output)["fit_summary"]["supervised"]["fallback"]["kept"]
     assert line.startswith("saved the corpus-only adaptor instead" if kept == "corpus-only" else "saved the supervised")
+    # with the groups, one held-out group is no evidence: said before training, and in the fallback line
+    r = invoke("fit", tmp_path / "corpus.npy", "--out", tmp_path / "g", *common[:-1],
+               '{"min_validation_queries": 3, "supervised_fallback": "corpus-only"}', "--query-groups",
+               tmp_path / "groups.tsv")
+    assert r.exit_code == 0, r.output
+    assert "so supervised_fallback='corpus-only' will keep the corpus-only adaptor. Raise" in r.output
+    assert r.output.index("warning: only 1 query group held out") < r.output.index("saved adaptor to")
+    assert ("saved the corpus-only adaptor instead of the supervised one: gain over the corpus-only adaptor on 5 "
+            "held-out labelled queries") in r.output
+    assert "(one query group held out: nothing to test by, so no evidence beyond noise), not beyond noise." in r.output
     # a fallback for one prefix that loses beyond noise, read back from a saved fit (dim keys as strings)
     vetoed = {"held_out_queries": 40, "gain": 0.03, "standard_error": 0.01, "mean_gain_beyond_noise": True,
               "kept": "corpus-only", "gain_by_dim": {"16": -0.02, "64": 0.08}, "standard_error_by_dim":
@@ -169,6 +183,10 @@ def test_fit_query_groups_hold_out_whole_groups_and_bad_files_fail_before_traini
         "saved the corpus-only adaptor instead of the supervised one: gain over the corpus-only adaptor on 40 "
         "held-out labelled queries +0.0300 nDCG@10 (standard error 0.0100), but at 16 dims -0.0200 (standard "
         "error 0.0050) it loses beyond noise.")
+    grouped = {**vetoed, "held_out_groups": 3, "p_value_gain": 0.125, "level": 0.04998, "mean_gain_beyond_noise": False,
+               "losing_dims": []}
+    assert "+0.0300 nDCG@10 (sign-flip test over 3 query groups: p = 0.125, beyond noise at p <= 0.05), not beyond " \
+           "noise." in _fallback_line(grouped)
     (tmp_path / "short.tsv").write_text("".join(f"{i}\tt\n" for i in range(39)))
     (tmp_path / "three.tsv").write_text("0\ta\tb\n")
     for bad, message in (("short.tsv", "has no group for 1 of the 40 queries (first: '39')"),

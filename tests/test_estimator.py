@@ -7,10 +7,10 @@ import pytest
 
 from conftest import clustered
 from matryoshka_adaptor import MatryoshkaAdaptor, NotFittedError
-from matryoshka_adaptor.errors import InputError
+from matryoshka_adaptor.errors import HeldOutEvidenceWarning, InputError
 from matryoshka_adaptor.fitting import fallback_choice
 from matryoshka_adaptor.neighbors import exact_topk
-from matryoshka_adaptor.nn.training import Trainer
+from matryoshka_adaptor.nn.training import Trainer, min_groups_for_evidence, paired_evidence
 
 # Fast fits skip the learned rotation unless a test is about it (it is the slow part of a step).
 FAST = dict(steps=60, supervised_steps=40, eval_every=20, batch_size=64, progress=False, device="cpu",
@@ -239,6 +239,40 @@ def test_the_fallback_rule_wants_a_mean_gain_beyond_noise_and_no_dim_losing_beyo
     assert fallback_choice(0.01 * rng.standard_normal((3, 100)), (16, 64, 256), 1.645)["kept"] == "corpus-only"
 
 
+def test_held_out_evidence_counts_query_groups_not_queries():
+    rng = np.random.default_rng(0)
+    gain = 0.03 + 0.01 * rng.standard_normal(60)
+    plain = paired_evidence(gain, 1.645)
+    assert plain["beyond_noise"]
+    assert paired_evidence(gain, 1.645, np.arange(60)) == plain  # one query per group: the plain rule
+    # gains that come as three topics, each moving all its queries together: beyond noise counted by
+    # query, but three topics are no evidence (the sign-flip test's smallest p-value is 1/8)
+    three = np.repeat(["a", "b", "c"], 20)
+    topics = np.repeat([0.08, 0.02, 0.01], 20) + 0.002 * rng.standard_normal(60)
+    assert paired_evidence(topics, 1.645)["beyond_noise"]
+    grouped = paired_evidence(topics, 1.645, three)
+    assert grouped["held_out_groups"] == 3 and grouped["p_value_gain"] == 0.125 and not grouped["beyond_noise"]
+    assert grouped["level"] == pytest.approx(0.05, abs=1e-4) and grouped["gain"] == pytest.approx(topics.mean())
+    # two groups with nearly equal means: a cluster-robust standard error comes out near zero, the test does not
+    near = np.repeat([0.03, 0.0301], 30)
+    assert not paired_evidence(near, 1.645, np.repeat([0, 1], 30))["beyond_noise"]
+    assert paired_evidence(np.full(5, 0.01), 1.645, np.zeros(5))["p_value_gain"] == 1.0  # one group: nothing to test
+    assert min_groups_for_evidence(1.645) == 5  # 2^-4 > 0.05 >= 2^-5
+    # six topics that all gain: p = 1/64, beyond noise; six that all lose: a loss beyond noise
+    six = np.repeat(np.arange(6), 10)
+    assert paired_evidence(np.repeat(np.linspace(0.01, 0.06, 6), 10), 1.645, six)["beyond_noise"]
+    lost = paired_evidence(-np.repeat(np.linspace(0.01, 0.06, 6), 10), 1.645, six)
+    assert lost["loss_beyond_noise"] and lost["p_value_loss"] == pytest.approx(1 / 64)
+    # the fallback rule on such gains: the corpus-only adaptor for three topics, the record says why
+    choice = fallback_choice(np.stack([topics] * 3), (16, 64, 256), 1.645, three)
+    assert choice["kept"] == "corpus-only" and choice["held_out_groups"] == 3 and not choice["losing_dims"]
+    assert fallback_choice(np.stack([topics] * 3), (16, 64, 256), 1.645)["kept"] == "supervised"
+    # six topics that gain on the mean and all lose at 16 dims: that dim vetoes
+    sixes = np.stack([-np.repeat(np.linspace(0.01, 0.06, 6), 10)] + [np.repeat(np.linspace(0.05, 0.1, 6), 10)] * 2)
+    choice = fallback_choice(sixes, (16, 64, 256), 1.645, six)
+    assert choice["mean_gain_beyond_noise"] and choice["losing_dims"] == [16] and choice["kept"] == "corpus-only"
+
+
 def test_query_groups_make_the_held_out_queries_whole_topics():
     corpus, doc_topic, queries, query_topic = topic_task()
     qrels = {f"q{i}": {f"d{j}": 1 for j in np.flatnonzero(doc_topic == query_topic[i])} for i in range(160)}
@@ -249,7 +283,9 @@ def test_query_groups_make_the_held_out_queries_whole_topics():
         return MatryoshkaAdaptor(**params).fit(corpus, queries[:160], qrels, **ids, query_groups=groups)
 
     plain = fit(None)
-    topics = fit([f"topic-{t}" for t in query_topic[:160]])
+    with pytest.warns(HeldOutEvidenceWarning, match=r"query groups? held out \(\d+ labelled queries\); a test over "
+                      r"fewer than 5 groups .* supervised_shrink='auto' will keep stage 2 half way"):
+        topics = fit([f"topic-{t}" for t in query_topic[:160]])
     summary = topics.fit_summary_["supervised"]
     held_topics = summary["held_out_groups"]
     sizes = np.bincount(query_topic[:160])

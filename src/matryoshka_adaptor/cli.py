@@ -208,7 +208,6 @@ def fit(
     """
     from . import persistence
     from .atomic import staging_folder
-    from .errors import TrainingDivergedWarning
     from .estimator import MatryoshkaAdaptor
     from .formats import read_embeddings, read_qrels, read_query_groups
 
@@ -242,11 +241,8 @@ def fit(
     groups = None
     if query_groups is not None:
         groups = read_query_groups(query_groups, [str(i) for i in (qids if qids is not None else range(len(q)))])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TrainingDivergedWarning)
+    with _warnings_as_lines():
         est.fit(x, q, labels, corpus_ids=cids, query_ids=qids, query_groups=groups)
-    for w in caught:  # one line each, not Python's two-line warning format
-        typer.echo(f"warning: {w.message}", err=True)
     with staging_folder(out) as staging:  # saved whole beside --out, then only the adaptor's files moved in
         est.save(staging / "adaptor")
         persistence.install_folder(staging / "adaptor", out, overwrite=overwrite)
@@ -266,10 +262,33 @@ def fit(
             typer.echo(_fallback_line(s["supervised"]["fallback"]))
 
 
+@contextmanager
+def _warnings_as_lines():
+    """Warnings during a fit as one "warning: ..." line each, printed when they happen (some come before
+    the long part of a fit), not in Python's two-line format; every fit's, not only the first."""
+    from .errors import HeldOutEvidenceWarning, TrainingDivergedWarning
+
+    with warnings.catch_warnings():
+        for category in (TrainingDivergedWarning, HeldOutEvidenceWarning):
+            warnings.simplefilter("always", category)
+        warnings.showwarning = lambda message, *_, **__: typer.echo(f"warning: {message}", err=True)
+        yield
+
+
+def _standard_error_words(evidence: dict) -> str:
+    """How a recorded ``paired_evidence`` was tested: its standard error, or its sign-flip test over query groups."""
+    if "held_out_groups" not in evidence:
+        return f"standard error {evidence['standard_error']:.4f}"
+    if evidence["held_out_groups"] == 1:
+        return "one query group held out: nothing to test by, so no evidence beyond noise"
+    return (f"sign-flip test over {evidence['held_out_groups']} query groups: p = {evidence['p_value_gain']:.3g}, "
+            f"beyond noise at p <= {evidence['level']:.2g}")
+
+
 def _paired_gain(evidence: dict, what: str) -> str:
     """A recorded ``paired_evidence`` in words: "gain <what> on N held-out labelled queries ..."."""
     return (f"gain {what} on {evidence['held_out_queries']} held-out labelled queries {evidence['gain']:+.4f} "
-            f"nDCG@10 (standard error {evidence['standard_error']:.4f})")
+            f"nDCG@10 ({_standard_error_words(evidence)})")
 
 
 def _query_choice_line(choice: dict) -> str:
@@ -311,9 +330,9 @@ def _supervised_stage_line(stage2: dict, settings) -> str:
     if stage2.get("diverged"):
         return "supervised stage stopped by the divergence guard; its best weights were kept (see the warning)."
     if settings.supervised_shrink == "auto" and evidence is not None:
-        n, gain, se = evidence["held_out_queries"], evidence["gain"], evidence["standard_error"]
+        n, gain = evidence["held_out_queries"], evidence["gain"]
         measured = (f"on {n} held-out labelled queries the trained weights beat the half-way ones by {gain:+.4f} "
-                    f"nDCG@10 (standard error {se:.4f})")
+                    f"nDCG@10 ({_standard_error_words(evidence)})")
         if lam == 1.0:
             return f"supervised stage kept whole: {measured}."
         return (f"supervised stage kept half way back to the unsupervised start: {measured}, not beyond noise; "
@@ -468,14 +487,16 @@ def benchmark(
         if cfg.labels:
             raise InputError("--labels draws a label curve on one dataset; run it once per dataset (one --dataset).")
 
-        summary = run_multi_benchmark(folders, cfg, out, progress=not quiet,
-                                      summary_exclude=tuple(n.strip() for n in summary_exclude.split(",") if n.strip()))
+        with _warnings_as_lines():
+            summary = run_multi_benchmark(folders, cfg, out, progress=not quiet,
+                                          summary_exclude=tuple(n.strip() for n in summary_exclude.split(",") if n.strip()))
         typer.echo(summary_markdown(summary))
         typer.echo(f"wrote {out}/summary.md, summary.json, summary.csv, ndcg_vs_dim_by_dataset.png and one folder per dataset")
         return
     if summary_exclude.strip():
         raise InputError("--summary-exclude applies to a run over several datasets; give more than one --dataset.")
-    result = run_benchmark(cfg, progress=not quiet)
+    with _warnings_as_lines():
+        result = run_benchmark(cfg, progress=not quiet)
     paths = write_report(result, out)
     typer.echo(markdown_table(result))
     if result.get("equal_bytes_summary"):

@@ -240,8 +240,9 @@ class AdaptorConfig:
         True, AnyOf((Boolean(), Options(("validated",)))),
         "Let the unsupervised losses also see query vectors (no labels). 'validated' (supervised fits): run "
         "stage 1 with and without them (without: at the temperature of a fit without labels) and keep them only "
-        "when the held-out labelled queries show them better beyond noise (1.645 standard errors; fits without "
-        "held-out queries use them).")
+        "when the held-out labelled queries show them better beyond noise (1.645 standard errors; with query "
+        "groups, a sign-flip test over the held-out groups at the same level; fits without held-out queries "
+        "use them).")
     # Supervised stage (stage 2)
     gamma: float | str = param(
         1.0, AnyOf((Interval(float, 0), Options(("validated",)))),
@@ -284,7 +285,8 @@ class AdaptorConfig:
         "Keep theta1 + shrink * (theta2 - theta1), theta1/theta2 the weights after stage 1/2 (1: stage 2 as "
         "trained; 'validated': chosen from 0, 0.25, ..., 1 on the held-out labelled queries; 'auto': 1 only when "
         "the held-out labelled queries show it better than 0.5 by more than 1.645 standard errors of their paired "
-        "gain, else 0.5, and 0.5 when too few queries are labelled to hold any out; see min_validation_queries; "
+        "gain (with query groups: a sign-flip test over the held-out groups), else 0.5, and 0.5 when too few "
+        "queries are labelled to hold any out; see min_validation_queries; "
         "with supervised_fallback='corpus-only' and held-out queries: as 'validated', the fallback being the guard).")
     supervised_fallback: str = param(
         "none", Options(SUPERVISED_FALLBACKS),
@@ -292,7 +294,9 @@ class AdaptorConfig:
         "(exactly what a fit of the corpus alone with the same seed makes) and returns that one unless the "
         "held-out queries show the supervised adaptor better beyond noise (paired nDCG@10 gain, mean over "
         "the dims, > 1.645 standard errors) and worse beyond noise at none of the dims (no dim's gain below "
-        "-1.645 of its standard errors); the held-out queries are then kept out of the query anchors, so "
+        "-1.645 of its standard errors; with query groups, a sign-flip test over the held-out groups at the same "
+        "level, so fewer than five held-out groups never show a gain); the held-out queries "
+        "are then kept out of the query anchors, so "
         "that neither fit has seen them, and supervised_shrink='auto' keeps the best shrink on them. Fits "
         "without held-out queries keep the supervised one. 'none': always the supervised one.")
     batch_size: int = param(128, Interval(int, 1), "Anchors (and labelled queries) per step.")

@@ -39,3 +39,9 @@ class UpstreamError(MatryoshkaError, RuntimeError):
 class TrainingDivergedWarning(UserWarning):
     """Training stopped early because the loss or weights became non-finite or validation collapsed;
     the best weights seen were restored (see ``fit_summary_[stage]["diverged"]``)."""
+
+
+class HeldOutEvidenceWarning(UserWarning):
+    """A supervised fit with ``query_groups`` holds out too few groups for its checks (the fallback, the
+    ``"auto"`` shrink, ``use_queries="validated"``) ever to find a gain beyond noise; the message says
+    what the fit will therefore keep and how to hold out more."""

@@ -184,7 +184,12 @@ class MatryoshkaAdaptor:
             queries the supervised fit holds out for its checks (early stopping, the shrink, the
             ``"validated"`` choices) are then whole groups, as scikit-learn's ``GroupShuffleSplit``
             draws them: give it when the queries you will serve are about topics your labels never
-            touch, which a random holdout cannot see (docs/ablations.md). Default: a random holdout.
+            touch, which a random holdout cannot see (docs/ablations.md). The tests for evidence
+            beyond noise (``use_queries="validated"``, ``supervised_shrink="auto"``,
+            ``supervised_fallback``) then count groups, not queries: a sign-flip randomisation
+            test over the held-out groups, so fewer than five held-out groups never show a gain (the
+            fit then warns, ``HeldOutEvidenceWarning``, before training; raise ``validation_fraction``
+            to hold out more). Default: a random holdout.
 
         Returns
         -------

@@ -206,7 +206,7 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
     score_corpus_only = trainer.query_ndcg_of_weights(corpus_only.weights, val_q)
     choice = {"val_ndcg@10_supervised": score_supervised, "val_ndcg@10_corpus_only": score_corpus_only,
               **fallback_choice(per_dim_and_query - trainer.last_val_by_dim_and_query, trainer.dims,
-                                trainer.EVIDENCE_Z)}
+                                trainer.EVIDENCE_Z, trainer.groups_of(val_q))}
     if choice["kept"] == "supervised":
         supervised.summary["supervised"]["fallback"] = choice
         return supervised
@@ -217,18 +217,21 @@ def fall_back_to_corpus_only(inputs: FitInputs, config: AdaptorConfig, supervise
     return dataclasses.replace(corpus_only, history=history, summary=summary)
 
 
-def fallback_choice(gain: np.ndarray, dims, z: float) -> dict:
+def fallback_choice(gain: np.ndarray, dims, z: float, groups: np.ndarray | None = None) -> dict:
     """The fallback's rule on the supervised adaptor's paired gains over the corpus-only one.
 
-    ``gain``: (dims, held-out queries) nDCG@10 differences. The supervised adaptor is kept when the
-    gain's mean over the dims exceeds ``z`` standard errors and no dim's gain is below ``-z`` of its
-    own standard errors; the record says which held and why.
+    ``gain``: (dims, held-out queries) nDCG@10 differences; ``groups``: the held-out queries'
+    ``query_groups`` labels, or None. The supervised adaptor is kept when the gain's mean over the
+    dims exceeds ``z`` standard errors and no dim's gain is below ``-z`` of its own standard errors
+    (with groups: the same tests over groups, see ``paired_evidence``); the record says which held
+    and why.
     """
     from .nn.training import paired_evidence
 
-    evidence = paired_evidence(gain.mean(axis=0), z)
-    by_dim = {int(m): paired_evidence(g, z) for m, g in zip(dims, gain)}
-    losing_dims = [m for m, e in by_dim.items() if e["gain"] < -z * e["standard_error"]]
+    evidence = paired_evidence(gain.mean(axis=0), z, groups)
+    by_dim = {int(m): paired_evidence(g, z, groups) for m, g in zip(dims, gain)}
+    losing_dims = [m for m, e in by_dim.items()
+                   if e.get("loss_beyond_noise", e["gain"] < -z * e["standard_error"])]
     mean_beyond_noise = evidence.pop("beyond_noise")
     return {**evidence, "mean_gain_beyond_noise": mean_beyond_noise,
             "kept": "supervised" if mean_beyond_noise and not losing_dims else "corpus-only",

@@ -98,6 +98,19 @@ def test_benchmark_query_groups_reach_the_supervised_fit(tmp_path):
     assert "supervised_fallback_kept" not in topics[0]
     params.update(use_queries=True, supervised_fallback="corpus-only")
     assert {r["supervised_fallback_kept"] for r in rows(None)} <= {"supervised", "corpus-only"}
+    # the command line: one held-out group is no evidence, said in one line for each seed's fit
+    from typer.testing import CliRunner
+
+    from matryoshka_adaptor.cli import app
+
+    r = CliRunner().invoke(app, ["benchmark", "--dataset", str(root), "--embeddings", str(root / "embeddings"),
+                                 "--dims", "4,8", "--methods", "adaptor-supervised", "--seeds", "0,1", "-q",
+                                 "--adaptor-params", json.dumps(params), "--query-groups",
+                                 str(tmp_path / "{dataset}.tsv"), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("warning: only 1 query group held out")]
+    assert len(lines) == 2 and "supervised_fallback='corpus-only' will keep the corpus-only adaptor" in lines[0]
+    assert "HeldOutEvidenceWarning" not in r.output  # not Python's two-line format
     del params["use_queries"]
     (tmp_path / "toy.tsv").write_text("q0\tg\n")
     with pytest.raises(InputError, match="has no group for 59 of the 60 train queries"):

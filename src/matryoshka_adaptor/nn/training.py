@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..config import GAMMA_CANDIDATES, AdaptorConfig, resolve_queries_as_candidates, resolve_temperature
-from ..errors import TrainingDivergedWarning
+from ..errors import HeldOutEvidenceWarning, TrainingDivergedWarning
 from . import losses
 from .module import AdaptorNet
 
@@ -293,11 +294,52 @@ def interpolate_weights(start: dict, end: dict, lam: float) -> dict:
     return {k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point() else end[k] for k in end}
 
 
-def paired_evidence(gain: np.ndarray, z: float) -> dict:
-    """Mean per-query gain, its standard error, and whether the mean exceeds ``z`` standard errors."""
-    se = float(gain.std(ddof=1) / math.sqrt(len(gain))) if len(gain) > 1 else math.inf
-    return {"gain": float(gain.mean()), "standard_error": se, "held_out_queries": int(len(gain)),
-            "beyond_noise": bool(gain.mean() > z * se)}
+def paired_evidence(gain: np.ndarray, z: float, groups: np.ndarray | None = None) -> dict:
+    """Mean per-query gain, its standard error, and whether the mean exceeds ``z`` standard errors
+    (with ``groups``: whether a sign-flip test over the groups finds it at the same level).
+
+    With ``groups`` (one label per query; held-out queries come as whole groups) the queries of a
+    group are not independent evidence, and with a handful of groups a standard error is itself too
+    noisy to test by. The test is then Fisher's sign-flip randomisation test over the groups' summed
+    gains (``scipy.stats.permutation_test``; exact up to 16 groups): beyond noise when its one-sided
+    p-value is at most the normal tail beyond ``z`` (0.05 for 1.645), so fewer than five held-out
+    groups are never evidence enough. The record adds the number of groups, both one-sided p-values
+    and ``loss_beyond_noise`` (the same test for a loss); its ``standard_error`` is the cluster-robust
+    one, for information. With one query per group: the plain rule, bit for bit.
+    """
+    n = len(gain)
+    if groups is None or len(np.unique(groups)) == n:
+        se = float(gain.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        return {"gain": float(gain.mean()), "standard_error": se, "held_out_queries": int(n),
+                "beyond_noise": bool(gain.mean() > z * se)}
+    from scipy.stats import permutation_test
+
+    gain = np.asarray(gain, dtype=np.float64)
+    _, group_of = np.unique(groups, return_inverse=True)
+    sums = np.bincount(group_of, weights=gain)
+    p = {"greater": 1.0, "less": 1.0}  # one group: nothing to test by
+    for side in p if len(sums) > 1 else ():
+        p[side] = float(permutation_test((sums,), _summed, permutation_type="samples", vectorized=True, batch=4096,
+                                         alternative=side, n_resamples=SIGN_FLIPS, rng=np.random.default_rng(0)).pvalue)
+    level = NormalDist().cdf(-z)
+    # CR1, reported only: with two or three groups it can come out near zero, which is why it is not the test
+    centred = np.bincount(group_of, weights=gain - gain.mean())
+    se = float(math.sqrt(len(sums) / (len(sums) - 1) * float(np.sum(centred ** 2))) / n) if len(sums) > 1 else math.inf
+    return {"gain": float(gain.mean()), "standard_error": se, "held_out_queries": int(n),
+            "held_out_groups": int(len(sums)), "p_value_gain": p["greater"], "p_value_loss": p["less"], "level": level,
+            "loss_beyond_noise": bool(p["less"] <= level), "beyond_noise": bool(p["greater"] <= level)}
+
+
+SIGN_FLIPS = 2 ** 16  # every sign pattern up to 16 groups; above, this many random ones (seeded)
+
+
+def min_groups_for_evidence(z: float) -> int:
+    """The fewest groups whose sign-flip test can reach the level of ``z``: its smallest p-value is 2^-groups."""
+    return math.ceil(-math.log2(NormalDist().cdf(-z)))
+
+
+def _summed(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.sum(axis=axis)
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator, cap: int,
@@ -646,7 +688,30 @@ class Trainer:
             else:
                 train_q, val_q = _group_split(data.query_groups[labeled], *args, **limits)
             self._labelled_split = labeled[train_q], labeled[val_q]
+            if data.query_groups is not None and len(val_q):
+                self._warn_if_too_few_groups(len(np.unique(data.query_groups[labeled[val_q]])), len(val_q))
         return self._labelled_split
+
+    def _warn_if_too_few_groups(self, n_groups: int, n_queries: int) -> None:
+        """Say before training when the held-out groups are too few for any gain to pass ``paired_evidence``."""
+        cfg, needed = self.config, min_groups_for_evidence(self.EVIDENCE_Z)
+        consequences = [what for applies, what in (
+            (cfg.supervised_fallback == "corpus-only",
+             "supervised_fallback='corpus-only' will keep the corpus-only adaptor"),
+            (cfg.use_queries == "validated", "use_queries='validated' will drop the query anchors"),
+            (cfg.supervised_shrink == "auto" and cfg.supervised_fallback != "corpus-only",
+             "supervised_shrink='auto' will keep stage 2 half way")) if applies]
+        if n_groups >= needed or not consequences:
+            return
+        warnings.warn(f"only {n_groups} query group{'' if n_groups == 1 else 's'} held out ({n_queries} labelled "
+                      f"queries); a test over fewer than {needed} groups cannot show a gain beyond noise, so "
+                      f"{', and '.join(consequences)}. Raise validation_fraction (now {cfg.validation_fraction:g}) "
+                      f"so that {needed} or more groups are held out, or fit without query_groups.",
+                      HeldOutEvidenceWarning, stacklevel=2)
+
+    def groups_of(self, queries: np.ndarray) -> np.ndarray | None:
+        """The ``query_groups`` labels of these queries (None without groups): the units of held-out evidence."""
+        return None if self.data.query_groups is None else self.data.query_groups[queries]
 
     def stage_temperature(self, stage: int) -> float:
         """The listwise temperature of ``stage`` (a number: "auto" is resolved in ``__init__``)."""
@@ -721,7 +786,7 @@ class Trainer:
         finally:
             self.config = base
         score_without = self.query_ndcg(val_q)
-        evidence = paired_evidence(per_query_with - self.last_val_by_query, self.EVIDENCE_Z)
+        evidence = paired_evidence(per_query_with - self.last_val_by_query, self.EVIDENCE_Z, self.groups_of(val_q))
         keep_queries = evidence.pop("beyond_noise")
         state = with_queries if keep_queries else corpus_only
         if keep_queries:
@@ -862,7 +927,8 @@ class Trainer:
             full = self.last_val_by_query
             load(self.HALF_WAY)
             val()
-            state.shrink_evidence = paired_evidence(full - self.last_val_by_query, self.EVIDENCE_Z)
+            state.shrink_evidence = paired_evidence(full - self.last_val_by_query, self.EVIDENCE_Z,
+                                                    self.groups_of(self.labelled_split()[1]))
             keep_full = state.shrink_evidence.pop("beyond_noise")
             if keep_full:
                 self.net.load_state_dict(end)  # exactly the trained weights
