@@ -706,7 +706,8 @@ class Trainer:
         warnings.warn(f"only {n_groups} query group{'' if n_groups == 1 else 's'} held out ({n_queries} labelled "
                       f"queries); a test over fewer than {needed} groups cannot show a gain beyond noise, so "
                       f"{', and '.join(consequences)}. Raise validation_fraction (now {cfg.validation_fraction:g}) "
-                      f"so that {needed} or more groups are held out, or fit without query_groups.",
+                      f"so that {needed} or more groups are held out (max_validation_queries, now "
+                      f"{cfg.max_validation_queries}, caps the held-out queries), or fit without query_groups.",
                       HeldOutEvidenceWarning, stacklevel=2)
 
     def groups_of(self, queries: np.ndarray) -> np.ndarray | None:
