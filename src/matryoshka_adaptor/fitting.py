@@ -322,8 +322,7 @@ def train_adaptor(inputs: FitInputs, config: AdaptorConfig):
                                                      if stage_weights(trainer.config, 2)["listwise"] else None),
                                  "start_val_ndcg@10_by_dim": stage2.initial_by_dim}
         if inputs.query_groups is not None:
-            summary["supervised"]["held_out_groups"] = int(len(np.unique(
-                inputs.query_groups[trainer.labelled_split()[1]])))
+            summary["supervised"]["held_out_groups"] = int(len(np.unique(trainer.groups_of(trainer.labelled_split()[1]))))
         if stage2.shrink_evidence is not None:
             summary["supervised"]["shrink_evidence"] = stage2.shrink_evidence
         if stage2.shrink_scores is not None:

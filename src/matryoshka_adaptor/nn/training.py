@@ -308,14 +308,14 @@ def paired_evidence(gain: np.ndarray, z: float, groups: np.ndarray | None = None
     one, for information. With one query per group: the plain rule, bit for bit.
     """
     n = len(gain)
-    if groups is None or len(np.unique(groups)) == n:
+    codes, group_of = (None, None) if groups is None else np.unique(groups, return_inverse=True)
+    if groups is None or len(codes) == n:
         se = float(gain.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
         return {"gain": float(gain.mean()), "standard_error": se, "held_out_queries": int(n),
                 "beyond_noise": bool(gain.mean() > z * se)}
     from scipy.stats import permutation_test
 
     gain = np.asarray(gain, dtype=np.float64)
-    _, group_of = np.unique(groups, return_inverse=True)
     sums = np.bincount(group_of, weights=gain)
     p = {"greater": 1.0, "less": 1.0}  # one group: nothing to test by
     for side in p if len(sums) > 1 else ():
@@ -689,7 +689,7 @@ class Trainer:
                 train_q, val_q = _group_split(data.query_groups[labeled], *args, **limits)
             self._labelled_split = labeled[train_q], labeled[val_q]
             if data.query_groups is not None and len(val_q):
-                self._warn_if_too_few_groups(len(np.unique(data.query_groups[labeled[val_q]])), len(val_q))
+                self._warn_if_too_few_groups(len(np.unique(self.groups_of(labeled[val_q]))), len(val_q))
         return self._labelled_split
 
     def _warn_if_too_few_groups(self, n_groups: int, n_queries: int) -> None:
