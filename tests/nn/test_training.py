@@ -12,6 +12,7 @@ from matryoshka_adaptor.nn.training import (
     EMAWeights,
     Trainer,
     TrainingData,
+    interpolate_weights,
     listwise_pool_mask,
     stage_weights,
     weighted_sum,
@@ -291,8 +292,21 @@ def test_supervised_shrink_interpolates_between_the_stage_one_and_stage_two_weig
     trained = results[1.0]
     assert any(not torch.equal(start[k], trained[k]) for k in start)
     for k in start:  # the same seed trains the same theta2; the kept weights are on the line to it
-        assert torch.allclose(results[0.0][k], start[k])
+        assert torch.equal(results[0.0][k], start[k])
         assert torch.allclose(results[0.5][k], 0.5 * (start[k] + trained[k]), atol=1e-6)
+
+
+def test_interpolate_weights_returns_its_ends_exactly():
+    torch.manual_seed(0)
+    start = {"w": torch.randn(50, 50), "steps": torch.tensor(3)}
+    end = {"w": 100 * torch.randn(50, 50), "steps": torch.tensor(7)}
+    assert not torch.equal(start["w"] + 1.0 * (end["w"] - start["w"]), end["w"])  # what the formula alone gives
+    one, zero = interpolate_weights(start, end, 1.0), interpolate_weights(start, end, 0.0)
+    assert torch.equal(one["w"], end["w"]) and torch.equal(zero["w"], start["w"])
+    assert one["w"] is not end["w"] and zero["w"] is not start["w"]  # copies: loading them cannot alias
+    assert int(zero["steps"]) == int(one["steps"]) == 7  # non-float entries always come from ``end``
+    half = interpolate_weights(start, end, 0.5)
+    assert torch.allclose(half["w"], (start["w"] + end["w"]) / 2)
 
 
 def test_validated_shrink_keeps_the_grid_value_with_the_best_held_out_score():

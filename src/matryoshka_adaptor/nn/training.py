@@ -290,7 +290,13 @@ class EMAWeights:
 
 
 def interpolate_weights(start: dict, end: dict, lam: float) -> dict:
-    """The state dict start + lam * (end - start) (non-float entries from ``end``): the supervised shrink."""
+    """The state dict start + lam * (end - start) (non-float entries from ``end``): the supervised shrink.
+
+    The ends are returned exactly (copies), not by the formula, whose float rounding at lam = 1 would
+    give weights a hair away from the trained ones that a shrink of 1 promises.
+    """
+    if lam in (0.0, 1.0):
+        return {k: (start if lam == 0.0 and end[k].is_floating_point() else end)[k].clone() for k in end}
     return {k: start[k] + lam * (end[k] - start[k]) if end[k].is_floating_point() else end[k] for k in end}
 
 
