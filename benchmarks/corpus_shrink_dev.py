@@ -102,7 +102,10 @@ def main() -> None:
     ap.add_argument("--shrinks", default="0,0.25,0.5,0.75,0.9,1", help="lam values, 0 = PCA, 1 = the fit")
     ap.add_argument("--params", default="", help="extra MatryoshkaAdaptor keywords")
     ap.add_argument("--out", default="results/corpus_shrink.jsonl")
-    record(ap.parse_args(rest))
+    args = ap.parse_args(rest)
+    if args.labels is not None:
+        raise SystemExit("--labels: a corpus-only fit uses no labelled queries; drop the option")
+    record(args)
 
 
 if __name__ == "__main__":
