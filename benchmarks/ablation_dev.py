@@ -7,6 +7,7 @@ queries (unlabeled or labeled) train on the 70 %, and nDCG@10 is measured on the
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "recipe='paper'"
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "topk_weight=0, alpha=0, beta=1, steps=300" --queries
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "" --supervised --seeds 0,1
+    python benchmarks/ablation_dev.py --data ../shared/data/scifact "" --supervised --seeds 0,1 --stage2-keeps-final
     python benchmarks/ablation_dev.py --data ../shared/data/scifact --baselines
     python benchmarks/ablation_dev.py --data ../shared/data/scifact "binary_weight=1" --quantize
 
@@ -30,6 +31,7 @@ from matryoshka_adaptor.eval.datasets import load_beir
 from matryoshka_adaptor.eval.methods import FitData, make_method
 from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve, run_from_ranking
+from matryoshka_adaptor.nn import training
 from matryoshka_adaptor.quantization import QuantizedVectors, bytes_per_vector, funnel_search
 from matryoshka_adaptor.validation import l2_normalize
 
@@ -39,6 +41,18 @@ DIMS = [16, 32, 64, 128, 256, 384]
 # (precision, prefix dims, shortlist rescored with float32 originals; 0 = none)
 QUANTIZED = [("binary", 64, 0), ("binary", 128, 0), ("binary", 256, 0), ("binary", 384, 0), ("binary", 64, 100),
              ("binary", 128, 100), ("int8", 32, 0), ("int8", 64, 0), ("float32", 64, 0)]
+
+
+def keep_final_weights_in_stage_two() -> None:
+    """Patch the trainer so that stage 2 never stops early nor restores its best validated weights."""
+    loop = training.Trainer._loop
+
+    def without_early_stopping(self, steps, step_fn, val_fn, desc, *, early_stopping=True, before_step=None):
+        if desc == "fit (supervised)":
+            early_stopping = False
+        return loop(self, steps, step_fn, val_fn, desc, early_stopping=early_stopping, before_step=before_step)
+
+    training.Trainer._loop = without_early_stopping
 
 
 def main() -> None:
@@ -53,7 +67,11 @@ def main() -> None:
     ap.add_argument("--baselines", action="store_true", help="print truncate and PCA only")
     ap.add_argument("--quantize", action="store_true", help="equal-bytes columns (binary/int8 first stages)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; the row is their mean (single-seed rows move by ~0.01)")
+    ap.add_argument("--stage2-keeps-final", action="store_true",
+                    help="research switch: stage 2 runs its whole budget and keeps its last weights (no early stopping)")
     args = ap.parse_args()
+    if args.stage2_keeps_final:
+        keep_final_weights_in_stage_two()
 
     ds = load_beir(args.data)
     pre = load_precomputed(args.embeddings) if args.embeddings else minilm_vectors(args.data)
@@ -111,7 +129,8 @@ def main() -> None:
         if "gamma_choice" in stage2:  # gamma="validated": the seed's row and what it kept
             print(f"  seed {seed}: gamma {stage2['gamma_choice']}, shrink {stage2['shrink']}, row "
                   + " / ".join(f"{x:.4f}" for x in rows[-1]), flush=True)
-    label = f"{args.params or 'default'}{' +queries' if args.queries else ''}{' supervised' if args.supervised else ''}"
+    label = (f"{args.params or 'default'}{' +queries' if args.queries else ''}{' supervised' if args.supervised else ''}"
+             f"{', stage 2 keeps its last weights' if args.stage2_keeps_final else ''}")
     report(f"{label}, seeds {args.seeds} (fit {np.mean(seconds):.0f} s)", np.mean(rows, axis=0))
 
 
