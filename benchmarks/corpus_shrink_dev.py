@@ -74,11 +74,10 @@ def record(args) -> None:
 
 
 def summary(path: str) -> None:
-    sets = defaultdict(list)
-    for line in Path(path).read_text().splitlines():
-        rec = json.loads(line)
+    records, sets = [json.loads(line) for line in Path(path).read_text().splitlines()], defaultdict(list)
+    for rec in records:
         sets[(rec["dataset"], rec["embeddings"])].append(np.asarray(list(rec["dev"].values())))
-    lams = list(json.loads(Path(path).read_text().splitlines()[0])["dev"])
+    lams = list(records[0]["dev"])
     if float(lams[0]) != 0.0 or float(lams[-1]) != 1.0:
         raise SystemExit("--summary needs records made with a grid from 0 (PCA) to 1 (the fit)")
     rows = np.stack([np.mean(v, axis=0) for v in sets.values()])  # (sets, lams, dims), seeds averaged
