@@ -30,7 +30,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import add_dev_set_arguments
+from dev_splits import add_dev_set_arguments, use_net_weights
 from topic_holdout_dev import DIMS, load_dev_data
 
 
@@ -62,8 +62,7 @@ def record(args) -> None:
                    fit_s=round(time.perf_counter() - t), dev={})
         trainer = box["trainer"]
         for lam in args.shrinks.split(","):
-            trainer.net.load_state_dict(training.interpolate_weights(box["start"], box["end"], float(lam)))
-            est.weights_, est._numpy = {k: v.numpy() for k, v in trainer.net.export_weights().items()}, None
+            use_net_weights(est, trainer.net, training.interpolate_weights(box["start"], box["end"], float(lam)))
             rec["dev"][lam] = [evaluate_run(dev, retrieve(est.transform(Qdev, m), est.transform(C, m), dev_q, cid))
                                ["ndcg@10"] for m in DIMS]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

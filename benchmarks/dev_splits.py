@@ -1,4 +1,5 @@
-"""The dev split, precomputed vectors and XQuAD-R article ids shared by the research scripts in this folder.
+"""The dev split, precomputed vectors, XQuAD-R article ids and the scoring of a fit's intermediate weights,
+shared by the research scripts in this folder.
 
 Imported as ``from dev_splits import ...`` (a script's own folder is first on ``sys.path``).
 """
@@ -68,3 +69,12 @@ def add_dev_set_arguments(ap) -> None:
     ap.add_argument("--data-dir", default=os.environ.get("MA_DATA_DIR", "../shared/data"))
     ap.add_argument("--labels", type=int, default=None, help="fit on this many labelled queries (default: all)")
     ap.add_argument("--seeds", default="0")
+
+
+def use_net_weights(est, net, state: dict | None = None) -> None:
+    """Make a fitted ``MatryoshkaAdaptor`` transform with ``net``'s weights (after loading ``state`` into it):
+    how the scripts score weights a fit passed through (a checkpoint, a shrink, an average of runs)."""
+    if state is not None:
+        net.load_state_dict(state)
+    est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
+    est._numpy = None  # the inference cache holds the previous weights

@@ -30,7 +30,7 @@ from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 from matryoshka_adaptor.nn.training import Trainer, paired_evidence
 
-from dev_splits import add_dev_set_arguments, xquad_article
+from dev_splits import add_dev_set_arguments, use_net_weights, xquad_article
 from topic_holdout_dev import DIMS, capture_shrink, load_dev_data
 
 GRID = tuple(str(lam) for lam in Trainer.SHRINK_GRID)
@@ -75,12 +75,10 @@ def record(args) -> None:
                    fit_s=round(time.perf_counter() - t), held={}, dev={})
         candidates = {lam: training.interpolate_weights(box["stage1"], box["stage2"], float(lam)) for lam in GRID}
         for name, state in candidates.items():
-            trainer.net.load_state_dict(state)
-            est.weights_ = {k: v.numpy() for k, v in trainer.net.export_weights().items()}
+            use_net_weights(est, trainer.net, state)
             if len(val_q):
                 trainer.query_ndcg(val_q)
                 rec["held"][name] = trainer.last_val_by_dim_and_query.tolist()
-            est._numpy = None
             rec["dev"][name] = score(est)
         if len(fits) > 1:
             if len(val_q):

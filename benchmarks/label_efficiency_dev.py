@@ -33,7 +33,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import dev_split, minilm_vectors
+from dev_splits import dev_split, minilm_vectors, use_net_weights
 
 DIMS = [16, 32, 64, 128, 256, 384]
 LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -127,15 +127,11 @@ def main() -> None:
             every = est.settings_.eval_every
             for step in CHECKPOINTS:  # checkpoints[0] is the start (step 0)
                 if step // every < len(box["checkpoints"]):
-                    net.load_state_dict(box["checkpoints"][step // every])
-                    est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
-                    est._numpy = None
+                    use_net_weights(est, net, box["checkpoints"][step // every])
                     add(f"{n} | supervised, raw weights at step {step}", scores(lambda x, m: est.transform(x, m)) + [secs])
             for lam in LAMBDAS:
-                net.load_state_dict({k: (s1[k] + lam * (s2[k] - s1[k])) if s1[k].is_floating_point() else s2[k]
-                                     for k in s1})
-                est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
-                est._numpy = None
+                use_net_weights(est, net, {k: (s1[k] + lam * (s2[k] - s1[k])) if s1[k].is_floating_point() else s2[k]
+                                           for k in s1})
                 add(f"{n} | supervised lambda={lam}", scores(lambda x, m: est.transform(x, m)) + [secs])
             net.load_state_dict(s2)
             table()

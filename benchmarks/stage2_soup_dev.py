@@ -31,7 +31,7 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import dev_split, minilm_vectors
+from dev_splits import dev_split, minilm_vectors, use_net_weights
 
 DIMS = [16, 32, 64, 128, 256, 384]
 
@@ -90,9 +90,7 @@ def main() -> None:
         candidates = {f"run{i}": state for i, state in enumerate(box["runs"])}
         candidates.update(soup=mean_weights(box["runs"]), soup_of_two=mean_weights(box["runs"][:2]))
         for name, state in candidates.items():
-            box["trainer"].net.load_state_dict(state)
-            est.weights_ = {k: v.numpy() for k, v in box["trainer"].net.export_weights().items()}
-            est._numpy = None
+            use_net_weights(est, box["trainer"].net, state)
             rec["dev"][name] = [evaluate_run(dev_qrels, retrieve(est.transform(Qdev, m), est.transform(pre.corpus, m),
                                                                  dev_q, pre.corpus_ids))["ndcg@10"] for m in DIMS]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

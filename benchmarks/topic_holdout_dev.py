@@ -40,7 +40,8 @@ from matryoshka_adaptor.eval.metrics import evaluate_run
 from matryoshka_adaptor.eval.retrieval import retrieve
 from matryoshka_adaptor.nn import training
 
-from dev_splits import add_dev_set_arguments, dev_split, is_xquad, shared_model, shared_vectors, xquad_article
+from dev_splits import (add_dev_set_arguments, dev_split, is_xquad, shared_model, shared_vectors, use_net_weights,
+                        xquad_article)
 
 DIMS = (16, 32, 64, 128, 256, 384)
 DEFAULT_ARMS = ("", 'use_queries="validated", supervised_shrink="validated"')
@@ -162,9 +163,7 @@ def main() -> None:
             if "stage2" in box:  # a shrink ran: also score lambda = 1, 0.5 and 0 of this fit
                 net, start, end = box["trainer"].net, box["stage1"], box["stage2"]
                 for lam in (1.0, 0.5, 0.0):
-                    net.load_state_dict(training.interpolate_weights(start, end, lam))
-                    est.weights_ = {k: v.numpy() for k, v in net.export_weights().items()}
-                    est._numpy = None
+                    use_net_weights(est, net, training.interpolate_weights(start, end, lam))
                     emit(seed, f"{setting} | lambda={lam}", adaptor_scores(est))
 
 
